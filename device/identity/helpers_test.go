@@ -4,8 +4,8 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
-	"math/big"
 	"io"
+	"math/big"
 	"strings"
 	"testing"
 )

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"strings"
 )
 
 // An ID names a device. It is the first 128 bits of
@@ -155,28 +154,30 @@ func ParseID(s string) (ID, error) {
 	return id, nil
 }
 
-func decodeDigit(c byte) int {
-	switch {
-	case c >= 'a' && c <= 'z':
-		c -= 'a' - 'A'
+// digitValue maps a byte to its base32 value plus one; zero means the byte
+// is not a digit. It is never written after initialisation.
+var digitValue = func() (t [256]int8) {
+	for i := 0; i < len(crockford); i++ {
+		c := crockford[i]
+		t[c] = int8(i + 1)
+		if c >= 'A' && c <= 'Z' {
+			t[c+'a'-'A'] = int8(i + 1)
+		}
 	}
-	switch c {
-	case 'O':
-		c = '0'
-	case 'I', 'L':
-		c = '1'
-	case 'U':
-		return -1
+	for _, alias := range [...]struct{ c, v byte }{{'O', '0'}, {'o', '0'}, {'I', '1'}, {'i', '1'}, {'L', '1'}, {'l', '1'}} {
+		t[alias.c] = t[alias.v]
 	}
-	return strings.IndexByte(crockford, c)
-}
+	return t
+}()
+
+func decodeDigit(c byte) int { return int(digitValue[c]) - 1 }
 
 // luhn32 returns the Luhn mod 32 check digit value for digits, which must
 // be upper-case Crockford characters.
 func luhn32(digits []byte) int {
 	factor, sum := 2, 0
 	for i := len(digits) - 1; i >= 0; i-- {
-		a := factor * strings.IndexByte(crockford, digits[i])
+		a := factor * decodeDigit(digits[i])
 		sum += a/32 + a%32
 		if factor == 2 {
 			factor = 1

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"crypto"
@@ -8,11 +9,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/asn1"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"math"
 	"math/big"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,24 +82,28 @@ func SignToken(signer crypto.Signer, p TokenParams) (string, error) {
 	if _, err := rand.Read(jti[:]); err != nil {
 		return "", err
 	}
-	claims := jwt.RegisteredClaims{
-		Issuer:    id.String(),
-		Subject:   id.String(),
-		Audience:  jwt.ClaimStrings{p.Audience},
-		IssuedAt:  jwt.NewNumericDate(iat),
-		ExpiresAt: jwt.NewNumericDate(iat.Add(life)),
-		ID:        base64.RawURLEncoding.EncodeToString(jti[:]),
-	}
-	method := methodFor(kt)
-	unsigned, err := jwt.NewWithClaims(method, claims).SigningString()
+	// aud is a single string (RFC 7519 section 4.1.3 allows either form).
+	body, err := json.Marshal(struct {
+		Iss string `json:"iss"`
+		Sub string `json:"sub"`
+		Aud string `json:"aud"`
+		Iat int64  `json:"iat"`
+		Exp int64  `json:"exp"`
+		Jti string `json:"jti"`
+	}{id.String(), id.String(), p.Audience, iat.Unix(), iat.Add(life).Unix(), b64.EncodeToString(jti[:])})
 	if err != nil {
 		return "", err
 	}
+	header := headerES256
+	if kt == Ed25519 {
+		header = headerEdDSA
+	}
+	unsigned := header + "." + b64.EncodeToString(body)
 	sig, err := signJWS(signer, kt, unsigned)
 	if err != nil {
 		return "", err
 	}
-	return unsigned + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return unsigned + "." + b64.EncodeToString(sig), nil
 }
 
 func methodFor(t KeyType) jwt.SigningMethod {
@@ -184,8 +193,7 @@ type TokenClaims struct {
 // A TokenVerifier checks device tokens and refuses replays. It is safe for
 // concurrent use.
 type TokenVerifier struct {
-	cfg    VerifierConfig
-	parser *jwt.Parser
+	cfg VerifierConfig
 
 	mu     sync.Mutex
 	seen   map[replayKey]struct{}
@@ -221,11 +229,8 @@ func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 		cfg.Now = time.Now
 	}
 	return &TokenVerifier{
-		cfg: cfg,
-		// Claims are validated below, not by the library, so each failure
-		// gets its own error and iat is required.
-		parser: jwt.NewParser(jwt.WithoutClaimsValidation(), jwt.WithStrictDecoding()),
-		seen:   make(map[replayKey]struct{}),
+		cfg:  cfg,
+		seen: make(map[replayKey]struct{}),
 	}, nil
 }
 
@@ -235,70 +240,194 @@ func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 // required; the lifetime and clock skew are capped. The error matches one
 // of the ErrToken* sentinels, ErrReplayCacheFull, ErrIDMismatch, or
 // whatever the KeyFunc returned (such as ErrUnknownDevice).
+//
+// The compact serialization is parsed here, strictly (unpadded base64url,
+// no unknown critical header parameters), rather than by the JWT library's
+// general parser, which costs as much again as the checks themselves; the
+// library's ES256 and EdDSA implementations check the signature.
 func (v *TokenVerifier) Verify(ctx context.Context, token string) (*TokenClaims, error) {
 	if len(token) > v.cfg.MaxSize {
 		return nil, wrap(ErrTokenTooLarge, "%d bytes, limit %d", len(token), v.cfg.MaxSize)
 	}
-	var claims jwt.RegisteredClaims
-	var dev ID
-	var keyErr error
-	_, err := v.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		id, err := ParseID(claims.Subject)
-		if err != nil {
-			keyErr = wrap(ErrTokenClaims, "sub is not a device ID")
-			return nil, keyErr
-		}
-		if claims.Issuer != claims.Subject {
-			keyErr = wrap(ErrTokenClaims, "iss differs from sub")
-			return nil, keyErr
-		}
-		pub, err := v.cfg.Keys(ctx, id)
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		if err := id.Check(pub); err != nil {
-			keyErr = err
-			return nil, err
-		}
-		kt, _ := TypeOf(pub)
-		if want := methodFor(kt); t.Method != want {
-			keyErr = wrap(ErrTokenAlgorithm, "alg %v, device key needs %s", t.Header["alg"], want.Alg())
-			return nil, keyErr
-		}
-		dev = id
-		switch k := pub.(type) {
-		case *ecdsa.PublicKey:
-			return k, nil
-		case ed25519.PublicKey:
-			return k, nil
-		}
-		return nil, ErrUnsupportedKey
-	})
-	switch {
-	case keyErr != nil:
-		return nil, keyErr
-	case errors.Is(err, jwt.ErrTokenUnverifiable):
-		// The header names an algorithm the library does not know.
-		return nil, wrap(ErrTokenAlgorithm, "%v", err)
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return nil, wrap(ErrTokenSignature, "%s", dev)
-	case err != nil:
-		return nil, wrap(ErrTokenMalformed, "%v", err)
+	tok, err := parseCompact(token)
+	if err != nil {
+		return nil, err
 	}
-	return v.checkClaims(&claims, dev)
+	c := &tok.claims
+	dev, err := ParseID(c.Sub)
+	if err != nil {
+		return nil, wrap(ErrTokenClaims, "sub is not a device ID")
+	}
+	if c.Iss != c.Sub {
+		return nil, wrap(ErrTokenClaims, "iss differs from sub")
+	}
+	pub, err := v.cfg.Keys(ctx, dev)
+	if err != nil {
+		return nil, err
+	}
+	kt, err := checkID(dev, pub)
+	if err != nil {
+		return nil, err
+	}
+	method := methodFor(kt)
+	if tok.header.Alg != method.Alg() {
+		return nil, wrap(ErrTokenAlgorithm, "alg %q, device key needs %s", tok.header.Alg, method.Alg())
+	}
+	if err := method.Verify(tok.signingInput, tok.sig, pub); err != nil {
+		return nil, wrap(ErrTokenSignature, "%s", dev)
+	}
+	return v.checkClaims(c, dev)
 }
 
-func (v *TokenVerifier) checkClaims(c *jwt.RegisteredClaims, dev ID) (*TokenClaims, error) {
+// checkID is ID.Check without re-encoding the key through encoding/asn1:
+// the SubjectPublicKeyInfo of both supported key types is a fixed prefix
+// followed by the key bytes.
+func checkID(id ID, pub crypto.PublicKey) (KeyType, error) {
+	kt, err := TypeOf(pub)
+	if err != nil {
+		return 0, err
+	}
+	h := sha256.New()
+	h.Write([]byte(idDomain))
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		h.Write(spkiPrefixEd25519)
+		h.Write(k)
+	case *ecdsa.PublicKey:
+		b, err := k.Bytes()
+		if err != nil {
+			return 0, wrap(ErrUnsupportedKey, "%v", err)
+		}
+		h.Write(spkiPrefixP256)
+		h.Write(b)
+	}
+	var sum [sha256.Size]byte
+	if subtle.ConstantTimeCompare(h.Sum(sum[:0])[:len(id)], id[:]) != 1 {
+		return 0, wrap(ErrIDMismatch, "registered key does not belong to %s", id)
+	}
+	return kt, nil
+}
+
+// DER SubjectPublicKeyInfo prefixes (RFC 8410 and RFC 5480).
+var (
+	spkiPrefixEd25519 = []byte{0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00}
+	spkiPrefixP256    = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00}
+)
+
+type compactToken struct {
+	signingInput string
+	sig          []byte
+	header       struct {
+		Alg  string          `json:"alg"`
+		Typ  string          `json:"typ"`
+		Crit json.RawMessage `json:"crit"`
+	}
+	claims tokenClaims
+}
+
+// tokenClaims are the JSON claims of a device token. Times are JSON
+// numbers (RFC 7519 NumericDate), possibly fractional.
+type tokenClaims struct {
+	Iss string          `json:"iss"`
+	Sub string          `json:"sub"`
+	Aud json.RawMessage `json:"aud"` // a string or an array of strings
+	Iat *float64        `json:"iat"`
+	Exp *float64        `json:"exp"`
+	Nbf *float64        `json:"nbf"`
+	Jti string          `json:"jti"`
+}
+
+var b64 = base64.RawURLEncoding.Strict()
+
+// The headers SignToken writes, base64url-encoded; a token carrying one of
+// them skips header decoding. Never written after initialisation.
+var (
+	headerES256 = b64.EncodeToString([]byte(`{"alg":"ES256","typ":"JWT"}`))
+	headerEdDSA = b64.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT"}`))
+)
+
+func parseCompact(s string) (*compactToken, error) {
+	h, rest, ok1 := strings.Cut(s, ".")
+	p, sig, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 {
+		return nil, wrap(ErrTokenMalformed, "want three dot-separated parts")
+	}
+	t := &compactToken{signingInput: s[:len(h)+1+len(p)]}
+	var err error
+	if t.sig, err = b64.DecodeString(sig); err != nil {
+		return nil, wrap(ErrTokenMalformed, "signature: %v", err)
+	}
+	switch h {
+	case headerES256:
+		t.header.Alg = "ES256"
+	case headerEdDSA:
+		t.header.Alg = "EdDSA"
+	default:
+		hb, err := b64.DecodeString(h)
+		if err != nil {
+			return nil, wrap(ErrTokenMalformed, "header: %v", err)
+		}
+		if err := json.Unmarshal(hb, &t.header); err != nil {
+			return nil, wrap(ErrTokenMalformed, "header: %v", err)
+		}
+		if t.header.Crit != nil {
+			return nil, wrap(ErrTokenMalformed, "critical header parameters are not supported")
+		}
+		if t.header.Typ != "" && t.header.Typ != "JWT" {
+			return nil, wrap(ErrTokenMalformed, "typ %q", t.header.Typ)
+		}
+	}
+	pb, err := b64.DecodeString(p)
+	if err != nil {
+		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
+	}
+	if err := json.Unmarshal(pb, &t.claims); err != nil {
+		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
+	}
+	return t, nil
+}
+
+func numericDate(f *float64) (time.Time, bool) {
+	if f == nil || math.IsNaN(*f) || math.IsInf(*f, 0) || *f < 0 || *f > 1<<40 {
+		return time.Time{}, false
+	}
+	sec, frac := math.Modf(*f)
+	return time.Unix(int64(sec), int64(frac*1e9)), true
+}
+
+func (c *tokenClaims) audience() ([]string, bool) {
+	if len(c.Aud) == 0 {
+		return nil, false
+	}
+	// A plain string without escapes (the usual case) needs no decoding:
+	// encoding/json has already checked that it is a valid JSON string.
+	if n := len(c.Aud); n >= 2 && c.Aud[0] == '"' && c.Aud[n-1] == '"' && bytes.IndexByte(c.Aud, '\\') < 0 {
+		return []string{string(c.Aud[1 : n-1])}, true
+	}
+	var one string
+	if json.Unmarshal(c.Aud, &one) == nil {
+		return []string{one}, true
+	}
+	var many []string
+	if json.Unmarshal(c.Aud, &many) == nil {
+		return many, true
+	}
+	return nil, false
+}
+
+func (v *TokenVerifier) checkClaims(c *tokenClaims, dev ID) (*TokenClaims, error) {
 	now := v.cfg.Now()
 	skew := v.cfg.MaxSkew
+	iat, okI := numericDate(c.Iat)
+	exp, okE := numericDate(c.Exp)
 	switch {
-	case c.IssuedAt == nil || c.ExpiresAt == nil:
+	case !okI || !okE:
 		return nil, wrap(ErrTokenClaims, "iat and exp are required")
-	case c.ID == "" || len(c.ID) > maxJTI:
+	case c.Jti == "" || len(c.Jti) > maxJTI:
 		return nil, wrap(ErrTokenClaims, "jti is required and at most %d bytes", maxJTI)
 	}
-	iat, exp := c.IssuedAt.Time, c.ExpiresAt.Time
+	aud, okA := c.audience()
 	switch {
 	case !exp.After(iat):
 		return nil, wrap(ErrTokenClaims, "exp is not after iat")
@@ -306,17 +435,24 @@ func (v *TokenVerifier) checkClaims(c *jwt.RegisteredClaims, dev ID) (*TokenClai
 		return nil, wrap(ErrTokenLifetime, "%s, limit %s", exp.Sub(iat), v.cfg.MaxLifetime)
 	case now.Add(skew).Before(iat):
 		return nil, wrap(ErrTokenNotYetValid, "issued at %s", iat.Format(time.RFC3339))
-	case c.NotBefore != nil && now.Add(skew).Before(c.NotBefore.Time):
-		return nil, wrap(ErrTokenNotYetValid, "not before %s", c.NotBefore.Time.Format(time.RFC3339))
 	case !now.Add(-skew).Before(exp):
 		return nil, wrap(ErrTokenExpired, "expired at %s", exp.Format(time.RFC3339))
-	case !slices.Contains(c.Audience, v.cfg.Audience):
-		return nil, wrap(ErrTokenAudience, "token is for %q", []string(c.Audience))
+	case !okA || !slices.Contains(aud, v.cfg.Audience):
+		return nil, wrap(ErrTokenAudience, "token is for %q", aud)
 	}
-	if err := v.remember(replayKey{dev, c.ID}, exp.Add(skew), now); err != nil {
+	if c.Nbf != nil {
+		nbf, ok := numericDate(c.Nbf)
+		if !ok {
+			return nil, wrap(ErrTokenClaims, "nbf is not a time")
+		}
+		if now.Add(skew).Before(nbf) {
+			return nil, wrap(ErrTokenNotYetValid, "not before %s", nbf.Format(time.RFC3339))
+		}
+	}
+	if err := v.remember(replayKey{dev, c.Jti}, exp.Add(skew), now); err != nil {
 		return nil, err
 	}
-	return &TokenClaims{Device: dev, Audience: v.cfg.Audience, IssuedAt: iat, Expires: exp, TokenID: c.ID}, nil
+	return &TokenClaims{Device: dev, Audience: v.cfg.Audience, IssuedAt: iat, Expires: exp, TokenID: c.Jti}, nil
 }
 
 // remember records k until forget, refusing a key already present.

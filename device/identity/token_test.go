@@ -152,11 +152,10 @@ func TestTokenBadInput(t *testing.T) {
 	}
 	es := map[string]any{"alg": "ES256", "typ": "JWT"}
 	good := e.sign(t, TokenParams{})
-	flipped := []byte(good)
-	flipped[len(flipped)-3] ^= 0x01
-	if flipped[len(flipped)-3] == '.' {
-		flipped[len(flipped)-3] = 'A'
-	}
+	dot := strings.LastIndexByte(good, '.')
+	sig, _ := base64.RawURLEncoding.DecodeString(good[dot+1:])
+	sig[10] ^= 0x01
+	flipped := good[:dot+1] + base64.RawURLEncoding.EncodeToString(sig)
 
 	cases := []struct {
 		name string
@@ -172,7 +171,7 @@ func TestTokenBadInput(t *testing.T) {
 		{"EdDSA token for a P-256 device", e.v, craft(map[string]any{"alg": "EdDSA"}, e.claims(), eddsa(ed.key)), ErrTokenAlgorithm},
 		{"unknown alg", e.v, craft(map[string]any{"alg": "ES256K"}, e.claims(), es256(e.key)), ErrTokenAlgorithm},
 		{"signed by another key", e.v, craft(es, e.claims(), es256(impostor)), ErrTokenSignature},
-		{"flipped signature bit", e.v, string(flipped), ErrTokenSignature},
+		{"flipped signature bit", e.v, flipped, ErrTokenSignature},
 		{"signature of other claims", e.v, strings.Join(append(strings.Split(craft(es, e.claims(), nil), ".")[:2], strings.Split(good, ".")[2]), "."), ErrTokenSignature},
 		{"expired", e.v, e.sign(t, TokenParams{IssuedAt: e.now.Add(-12 * time.Minute), Lifetime: 10 * time.Minute}), ErrTokenExpired},
 		{"expired long ago", e.v, e.sign(t, TokenParams{IssuedAt: e.now.Add(-time.Hour)}), ErrTokenExpired},
@@ -318,4 +317,63 @@ type badSigner struct{ k *ecdsa.PrivateKey }
 func (b badSigner) Public() crypto.PublicKey { return b.k.Public() }
 func (b badSigner) Sign(_ io.Reader, _ []byte, _ crypto.SignerOpts) ([]byte, error) {
 	return []byte{0x30, 0x03, 0x02, 0x01}, nil
+}
+
+func TestCheckIDAgreesWithIDFromPublicKey(t *testing.T) {
+	for _, kt := range []KeyType{P256, Ed25519} {
+		for range 20 {
+			k := mustKey(t, kt)
+			id, _ := IDOf(k)
+			if got, err := checkID(id, k.Public()); err != nil || got != kt {
+				t.Fatalf("checkID(own key) = %v, %v", got, err)
+			}
+			if _, err := checkID(id, mustKey(t, kt).Public()); !errors.Is(err, ErrIDMismatch) {
+				t.Fatalf("checkID(other key) = %v", err)
+			}
+		}
+	}
+}
+
+func TestTokenHeaderAndClaimForms(t *testing.T) {
+	ctx := context.Background()
+	e := newTokenEnv(t, P256, VerifierConfig{})
+	es := map[string]any{"alg": "ES256", "typ": "JWT"}
+	c := e.claims()
+	c["aud"] = []string{"other", testAud}
+	c["iat"] = float64(e.now.Unix()) + 0.5
+	if _, err := e.v.Verify(ctx, craft(es, c, es256(e.key))); err != nil {
+		t.Errorf("array audience, fractional iat: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		header map[string]any
+		claims func(map[string]any)
+		want   error
+	}{
+		"crit header":    {map[string]any{"alg": "ES256", "crit": []string{"exp"}}, nil, ErrTokenMalformed},
+		"typ not JWT":    {map[string]any{"alg": "ES256", "typ": "JOSE+JSON"}, nil, ErrTokenMalformed},
+		"aud a number":   {es, func(c map[string]any) { c["aud"] = 7 }, ErrTokenAudience},
+		"iat a string":   {es, func(c map[string]any) { c["iat"] = "now" }, ErrTokenMalformed},
+		"negative exp":   {es, func(c map[string]any) { c["exp"] = -1 }, ErrTokenClaims},
+		"nbf not a time": {es, func(c map[string]any) { c["nbf"] = 1e300 }, ErrTokenClaims},
+		"empty claims":   {es, func(c map[string]any) { clear(c) }, ErrTokenClaims},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := e.claims()
+			if tc.claims != nil {
+				tc.claims(c)
+			}
+			if _, err := e.v.Verify(ctx, craft(tc.header, c, es256(e.key))); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// Padded base64 is not the compact serialization.
+	good := e.sign(t, TokenParams{})
+	parts := strings.Split(good, ".")
+	if _, err := e.v.Verify(ctx, parts[0]+"=."+parts[1]+"."+parts[2]); !errors.Is(err, ErrTokenMalformed) {
+		t.Errorf("padded header: %v", err)
+	}
+	if _, err := e.v.Verify(ctx, good+".x"); !errors.Is(err, ErrTokenMalformed) {
+		t.Errorf("four parts: %v", err)
+	}
 }

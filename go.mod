@@ -3,8 +3,8 @@ module github.com/sensible-iot/sensible
 go 1.26.0
 
 require (
-	github.com/fxamacker/cbor/v2 v2.10.0 // indirect
-	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
-	github.com/x448/float16 v0.8.4 // indirect
-	golang.org/x/crypto v0.58.0 // indirect
+	github.com/fxamacker/cbor/v2 v2.10.0
+	github.com/golang-jwt/jwt/v5 v5.3.1
 )
+
+require github.com/x448/float16 v0.8.4 // indirect

@@ -1,0 +1,284 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/pkg/runner/periodic"
+	"github.com/plgd-dev/go-coap/v3/tcp"
+	tcpclient "github.com/plgd-dev/go-coap/v3/tcp/client"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/internal/codec"
+)
+
+// ClientConfig configures a Client. The zero value connects without
+// authentication.
+type ClientConfig struct {
+	// Signer, when set, makes the client present a device token signed
+	// with it at AuthPath once per session (after every connect), for
+	// transports without client certificates.
+	Signer crypto.Signer
+	// Audience is the token audience; empty means the dialed URL's
+	// scheme and host, such as "coap+tcp://cloud.example.com:5684".
+	Audience string
+	// IdleTimeout closes the connection after this long without traffic;
+	// zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxMessageSize caps one message; zero means DefaultMaxMessageSize.
+	MaxMessageSize int
+	// MaxResponseBody caps a response body decoded by the client; zero
+	// means codec.DefaultMaxBody.
+	MaxResponseBody int
+	// Logger receives go-coap's diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// A Client talks to one server over one of the four transports. It is safe
+// for concurrent use.
+type Client struct {
+	cfg ClientConfig
+	url *url.URL
+	log *slog.Logger
+	dec *codec.Decoder
+
+	tick chan struct{} // closed by Close: ends go-coap's periodic runner
+
+	mu     sync.Mutex
+	conn   mux.Conn
+	closed bool
+}
+
+// Dial connects to rawURL (coap:// or coap+tcp://) and, if cfg.Signer is
+// set, authenticates with a device token.
+func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("transport: dial address: %w", err)
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if cfg.Audience == "" {
+		cfg.Audience = u.Scheme + "://" + u.Host
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dec, err := codec.NewDecoder(codec.Limits{MaxBody: cfg.MaxResponseBody})
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{})}
+	if err := c.connect(ctx); err != nil {
+		close(c.tick)
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Client) connect(ctx context.Context) error {
+	errs := options.WithErrors(func(err error) { c.log.Debug("coap", "err", err) })
+	maxMsg := options.WithMaxMessageSize(uint32(c.cfg.MaxMessageSize))
+	ticker := options.WithPeriodicRunner(periodic.New(c.tick, time.Second))
+	var conn mux.Conn
+	var err error
+	switch c.url.Scheme {
+	case "coap":
+		conn, err = udp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
+			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
+	case "coap+tcp":
+		conn, err = tcp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
+			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
+	default:
+		return fmt.Errorf("transport: unsupported scheme %q", c.url.Scheme)
+	}
+	if err != nil {
+		return fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
+	}
+	if c.cfg.Signer != nil {
+		if err := c.authenticate(ctx, conn); err != nil {
+			conn.Close()
+			<-conn.Done()
+			return err
+		}
+	}
+	c.mu.Lock()
+	c.conn = conn
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Client) authenticate(ctx context.Context, conn mux.Conn) error {
+	tok, err := identity.SignToken(c.cfg.Signer, identity.TokenParams{Audience: c.cfg.Audience})
+	if err != nil {
+		return err
+	}
+	body, err := codec.Marshal(tok)
+	if err != nil {
+		return err
+	}
+	return c.roundTrip(ctx, conn, POST, AuthPath, CBOR, body, nil)
+}
+
+// Get fetches path and decodes the CBOR response into out (nil to discard).
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.Do(ctx, GET, path, nil, out)
+}
+
+// Post sends in as CBOR to path and decodes the response into out.
+func (c *Client) Post(ctx context.Context, path string, in, out any) error {
+	return c.Do(ctx, POST, path, in, out)
+}
+
+// Do sends a request with in (nil for no body) encoded as CBOR, and decodes
+// a CBOR response into out (nil to discard it). A 4.xx or 5.xx response is
+// an *Error, matched by the Err sentinels with errors.Is.
+func (c *Client) Do(ctx context.Context, m Method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = codec.Marshal(in); err != nil {
+			return err
+		}
+	}
+	return c.DoRaw(ctx, m, path, CBOR, body, out)
+}
+
+// DoRaw is Do with a body already encoded in format.
+func (c *Client) DoRaw(ctx context.Context, m Method, path string, format Format, body []byte, out any) error {
+	c.mu.Lock()
+	conn, closed := c.conn, c.closed
+	c.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	return c.roundTrip(ctx, conn, m, path, format, body, out)
+}
+
+// GetRaw fetches path and returns the response's format and body.
+func (c *Client) GetRaw(ctx context.Context, path string) (Format, []byte, error) {
+	c.mu.Lock()
+	conn, closed := c.conn, c.closed
+	c.mu.Unlock()
+	if closed {
+		return 0, nil, ErrClosed
+	}
+	resp, err := conn.Get(ctx, path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer conn.ReleaseMessage(resp)
+	cf, _ := resp.ContentFormat()
+	b, err := readAll(resp)
+	if err != nil {
+		return 0, nil, err
+	}
+	if code := Code(resp.Code()); !code.IsSuccess() {
+		return 0, nil, c.responseError(code, Format(cf), b)
+	}
+	return Format(cf), b, nil
+}
+
+func (c *Client) roundTrip(ctx context.Context, conn mux.Conn, m Method, path string, format Format, body []byte, out any) error {
+	var req *pool.Message
+	var err error
+	switch m {
+	case GET:
+		req, err = conn.NewGetRequest(ctx, path)
+	case DELETE:
+		req, err = conn.NewDeleteRequest(ctx, path)
+	case POST:
+		req, err = conn.NewPostRequest(ctx, path, message.MediaType(format), bytes.NewReader(body))
+	case PUT:
+		req, err = conn.NewPutRequest(ctx, path, message.MediaType(format), bytes.NewReader(body))
+	default:
+		return fmt.Errorf("transport: unsupported method %v", m)
+	}
+	if err != nil {
+		return err
+	}
+	defer conn.ReleaseMessage(req)
+	if m == GET || m == DELETE {
+		if len(body) > 0 {
+			req.SetContentFormat(message.MediaType(format))
+			req.SetBody(bytes.NewReader(body))
+		}
+	}
+	resp, err := conn.Do(req)
+	if err != nil {
+		return fmt.Errorf("transport: %s %s: %w", m, path, err)
+	}
+	defer conn.ReleaseMessage(resp)
+	code := Code(resp.Code())
+	cf, _ := resp.ContentFormat()
+	b, err := readAll(resp)
+	if err != nil {
+		return err
+	}
+	if !code.IsSuccess() {
+		return c.responseError(code, Format(cf), b)
+	}
+	if out == nil || len(b) == 0 {
+		return nil
+	}
+	if Format(cf) != CBOR {
+		return fmt.Errorf("transport: response content-format %d, want CBOR", cf)
+	}
+	return c.dec.Unmarshal(b, out)
+}
+
+func (c *Client) responseError(code Code, cf Format, body []byte) *Error {
+	e := &Error{Code: code}
+	if cf == CBOR && len(body) > 0 {
+		var diag string
+		if c.dec.Unmarshal(body, &diag) == nil {
+			e.Diagnostic = diag
+		}
+	}
+	return e
+}
+
+func readAll(m *pool.Message) ([]byte, error) {
+	if m.Body() == nil {
+		return nil, nil
+	}
+	if _, err := m.Body().Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(m.Body())
+}
+
+// Close closes the connection and waits until go-coap has let go of it.
+// It is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conn := c.conn
+	c.mu.Unlock()
+	err := conn.Close()
+	<-conn.Done()
+	close(c.tick)
+	return err
+}

@@ -1,0 +1,51 @@
+// Package transport carries CBOR messages between device and cloud over
+// CoAP, with one server, one client and one handler API for every CoAP
+// transport, so that a product team never has to learn go-coap.
+//
+// # Transports
+//
+// The URL scheme picks the transport: coap:// is CoAP over UDP (RFC 7252)
+// and coap+tcp:// CoAP over TCP (RFC 8323). A [Server] may listen on
+// several at once ([Server.Listen]); a [Client] dials one ([Dial]).
+// DTLS (coaps://) and TLS (coaps+tcp://) follow the same API.
+//
+// # Resources and handlers
+//
+// A [Resource] names a path, its methods, whether it needs an
+// authenticated device, the content-formats it accepts (CBOR, and
+// SenML-CBOR where declared) and its body limit. Before a [Handler] runs,
+// the server answers for it: 4.04 for an unknown path, 4.05 for a method
+// the resource lacks, 4.01 for a protected resource and an unauthenticated
+// peer, 4.29 past the peer's rate limit, 4.13 for a body over the limit and
+// 4.15 for a content-format the resource does not accept. A handler decodes
+// the body strictly ([Request.Decode], or [Typed] for Go values in and out);
+// malformed CBOR answers 4.00 with a short diagnostic. An [*Error] returned
+// by a handler chooses the code (4.03 for policy or consent, say); any other
+// error answers 5.00 and goes to the log, not to the peer.
+//
+// /.well-known/core lists the resources in RFC 6690 link format.
+//
+// # Authentication
+//
+// The authenticated device reaches every handler in the request context
+// ([DeviceFrom]). On transports without client authentication, a device
+// posts a token it signed (see package
+// github.com/sensible-iot/sensible/device/identity) to [AuthPath] once per
+// session; [ClientConfig.Signer] makes the client do it after every
+// connect, and [ServerConfig.Tokens] verifies it and binds the device to
+// that connection.
+//
+// # Errors
+//
+// On the client, every 4.xx and 5.xx response is an [*Error] carrying the
+// code and the server's diagnostic; errors.Is matches it against
+// [ErrUnauthorized], [ErrForbidden], [ErrTooManyRequests] and the other
+// sentinels by code.
+//
+// # Caveats
+//
+// go-coap keeps every UDP response for about 247 s, keyed by message ID,
+// to answer retransmissions; a device that reuses message IDs sooner (a
+// reboot that resets its counter on the same address and port) can get a
+// stale answer. Batch readings rather than sending many small requests.
+package transport

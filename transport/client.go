@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
+	"github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	"github.com/plgd-dev/go-coap/v3/mux"
@@ -43,6 +46,11 @@ type ClientConfig struct {
 	// MaxResponseBody caps a response body decoded by the client; zero
 	// means codec.DefaultMaxBody.
 	MaxResponseBody int
+	// PSK is the device's DTLS pre-shared key for coaps://; its identity
+	// is Device.
+	PSK []byte
+	// Device is the PSK identity; zero means the ID of Signer's key.
+	Device identity.ID
 	// Logger receives go-coap's diagnostics; nil discards them.
 	Logger *slog.Logger
 }
@@ -62,7 +70,7 @@ type Client struct {
 	closed bool
 }
 
-// Dial connects to rawURL (coap:// or coap+tcp://) and, if cfg.Signer is
+// Dial connects to rawURL (coap://, coaps:// or coap+tcp://) and, if cfg.Signer is
 // set, authenticates with a device token.
 func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error) {
 	u, err := url.Parse(rawURL)
@@ -104,6 +112,13 @@ func (c *Client) connect(ctx context.Context) error {
 	case "coap":
 		conn, err = udp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
+	case "coaps":
+		var opts []piondtls.ClientOption
+		if opts, err = c.dtlsOptions(); err != nil {
+			return err
+		}
+		conn, err = dtls.Dial(c.url.Host, dtls.NewDTLSClientOptions(opts...), errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
+			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
 	case "coap+tcp":
 		conn, err = tcp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
@@ -113,7 +128,7 @@ func (c *Client) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
 	}
-	if c.cfg.Signer != nil {
+	if c.cfg.Signer != nil && c.url.Scheme != "coaps" {
 		if err := c.authenticate(ctx, conn); err != nil {
 			conn.Close()
 			<-conn.Done()
@@ -124,6 +139,30 @@ func (c *Client) connect(ctx context.Context) error {
 	c.conn = conn
 	c.mu.Unlock()
 	return nil
+}
+
+func (c *Client) dtlsOptions() ([]piondtls.ClientOption, error) {
+	if c.cfg.PSK == nil {
+		return nil, errors.New("transport: coaps:// needs ClientConfig.PSK")
+	}
+	id := c.cfg.Device
+	if id.IsZero() && c.cfg.Signer != nil {
+		var err error
+		if id, err = identity.IDOf(c.cfg.Signer); err != nil {
+			return nil, err
+		}
+	}
+	if id.IsZero() {
+		return nil, errors.New("transport: DTLS-PSK needs ClientConfig.Device or Signer")
+	}
+	key := c.cfg.PSK
+	return []piondtls.ClientOption{
+		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
+		piondtls.WithPSK(func([]byte) ([]byte, error) { return key, nil }),
+		piondtls.WithPSKIdentityHint([]byte(id.String())),
+		piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()),
+		piondtls.WithLoggerFactory(silentLogs{}),
+	}, nil
 }
 
 func (c *Client) authenticate(ctx context.Context, conn mux.Conn) error {

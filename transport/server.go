@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
+	"github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
@@ -62,6 +64,11 @@ type ServerConfig struct {
 	// per address before); excess requests get 4.29. The zero value means
 	// no limit.
 	RateLimit RateLimit
+	// PSK returns a device's pre-shared key for DTLS-PSK
+	// (TLS_PSK_WITH_AES_128_CCM_8), the PSK identity being the device ID;
+	// nil disables PSK. See DerivePSK for per-device keys from a fleet
+	// secret.
+	PSK func(ctx context.Context, id identity.ID) ([]byte, error)
 	// Logger receives what the server and go-coap would otherwise print;
 	// nil discards it.
 	Logger *slog.Logger
@@ -149,7 +156,8 @@ func (s *Server) relink() {
 }
 
 // Listen starts serving on address, a URL whose scheme picks the
-// transport: coap:// (UDP) or coap+tcp:// (TCP). Port 0 picks a free port.
+// transport: coap:// (UDP), coaps:// (DTLS 1.2) or coap+tcp:// (TCP).
+// Port 0 picks a free port.
 // It returns the URL actually listened on. Serving goes on until Close.
 func (s *Server) Listen(address string) (string, error) {
 	u, err := url.Parse(address)
@@ -178,6 +186,20 @@ func (s *Server) Listen(address string) (string, error) {
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap://" + l.LocalAddr().String(), nil
+	case "coaps":
+		if s.cfg.PSK == nil {
+			return "", errors.New("transport: coaps:// needs ServerConfig.PSK")
+		}
+		l, err := coapnet.NewDTLSListener("udp", u.Host, coapnet.NewDTLSServerOptions(s.dtlsOptions()...))
+		if err != nil {
+			return "", err
+		}
+		srv := dtls.NewServer(options.WithMux(m), errs, maxMsg, ticker,
+			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
+			options.WithOnNewConn(func(cc *udpclient.Conn) { cc.SetContextValue(sessionKey{}, s.dtlsSession(cc)) }),
+		)
+		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		return "coaps://" + l.Addr().String(), nil
 	case "coap+tcp":
 		l, err := coapnet.NewTCPListener("tcp", u.Host)
 		if err != nil {
@@ -191,6 +213,40 @@ func (s *Server) Listen(address string) (string, error) {
 		return "coap+tcp://" + l.Addr().String(), nil
 	}
 	return "", fmt.Errorf("transport: unsupported scheme %q", u.Scheme)
+}
+
+// dtlsOptions configures DTLS-PSK with the suite RFC 7252 makes mandatory
+// and connection IDs (RFC 9146), so a device whose address or port changes
+// keeps its session.
+func (s *Server) dtlsOptions() []piondtls.ServerOption {
+	return []piondtls.ServerOption{
+		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
+		piondtls.WithPSK(func(hint []byte) ([]byte, error) {
+			id, err := identity.ParseID(string(hint))
+			if err != nil {
+				return nil, err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+			defer cancel()
+			return s.cfg.PSK(ctx, id)
+		}),
+		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(8)),
+		piondtls.WithLoggerFactory(silentLogs{}),
+	}
+}
+
+// dtlsSession returns the session of a new DTLS connection, whose device
+// is the PSK identity the handshake proved.
+func (s *Server) dtlsSession(cc *udpclient.Conn) *session {
+	ss := &session{}
+	if dc, ok := cc.NetConn().(*piondtls.Conn); ok {
+		if st, ok := dc.ConnectionState(); ok {
+			if id, err := identity.ParseID(string(st.IdentityHint)); err == nil {
+				ss.device = id
+			}
+		}
+	}
+	return ss
 }
 
 // serve runs fn until stop is called by Close; s.mu is held.

@@ -19,6 +19,12 @@ const testAudience = "coaps://cloud.sensible.test"
 // plainSchemes are the transports without client authentication.
 var plainSchemes = []string{"coap", "coap+tcp"}
 
+// allSchemes are every transport the conformance table covers.
+var allSchemes = []string{"coap", "coaps", "coap+tcp"}
+
+// fleetSecret derives the test devices' DTLS pre-shared keys.
+var fleetSecret = bytes.Repeat([]byte("sensible fleet secret "), 2)
+
 type reading struct {
 	Stream string  `cbor:"stream"`
 	Value  float64 `cbor:"value"`
@@ -30,6 +36,7 @@ type ack struct {
 }
 
 type fixture struct {
+	scheme string
 	srv    *Server
 	url    string
 	devKey crypto.Signer
@@ -52,6 +59,15 @@ func newFixture(t *testing.T, scheme string, cfg ServerConfig) *fixture {
 			t.Fatal(err)
 		}
 	}
+	if cfg.PSK == nil {
+		cfg.PSK = func(_ context.Context, id identity.ID) ([]byte, error) {
+			if id != f.dev {
+				return nil, identity.ErrUnknownDevice
+			}
+			return DerivePSK(fleetSecret, id)
+		}
+	}
+	f.scheme = scheme
 	f.srv = NewServer(cfg)
 	t.Cleanup(func() { f.srv.Close() })
 	f.url, err = f.srv.Listen(scheme + "://127.0.0.1:0")
@@ -86,11 +102,28 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func (f *fixture) dial(t *testing.T, signer crypto.Signer) *Client {
+// config returns a client config that authenticates as the fixture's
+// device (authed) or not at all; DTLS-PSK always authenticates.
+func (f *fixture) config(t *testing.T, authed bool) ClientConfig {
+	cfg := ClientConfig{Audience: testAudience}
+	if authed {
+		cfg.Signer = f.devKey
+	}
+	if f.scheme == "coaps" {
+		psk, err := DerivePSK(fleetSecret, f.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.PSK, cfg.Device = psk, f.dev
+	}
+	return cfg
+}
+
+func (f *fixture) dial(t *testing.T, authed bool) *Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, f.url, ClientConfig{Signer: signer, Audience: testAudience})
+	c, err := Dial(ctx, f.url, f.config(t, authed))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,11 +138,11 @@ func ctx5(t *testing.T) context.Context {
 }
 
 func TestConformance(t *testing.T) {
-	for _, scheme := range plainSchemes {
+	for _, scheme := range allSchemes {
 		t.Run(scheme, func(t *testing.T) {
 			f := newFixture(t, scheme, ServerConfig{})
-			anon := f.dial(t, nil)
-			authed := f.dial(t, f.devKey)
+			anon := f.dial(t, false) // on coaps:// a PSK peer is always a device
+			authed := f.dial(t, true)
 			batch := []reading{{"power", 41.5}, {"power", 42}}
 
 			t.Run("request/response", func(t *testing.T) {
@@ -136,12 +169,18 @@ func TestConformance(t *testing.T) {
 				}
 			})
 			t.Run("unauthenticated", func(t *testing.T) {
+				if scheme == "coaps" {
+					t.Skip("every DTLS-PSK peer is authenticated; see TestDTLSWrongKey")
+				}
 				err := anon.Post(ctx5(t), "/v1/telemetry", batch, nil)
 				if !errors.Is(err, ErrUnauthorized) {
 					t.Fatalf("err = %v, want 4.01", err)
 				}
 			})
 			t.Run("token refused", func(t *testing.T) {
+				if scheme == "coaps" {
+					t.Skip("DTLS-PSK needs no token")
+				}
 				other, _ := identity.GenerateKey(identity.P256)
 				_, err := Dial(ctx5(t), f.url, ClientConfig{Signer: other, Audience: testAudience})
 				if !errors.Is(err, ErrUnauthorized) {
@@ -199,10 +238,14 @@ func TestConformance(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	for _, scheme := range plainSchemes {
+	for _, scheme := range allSchemes {
 		t.Run(scheme, func(t *testing.T) {
 			f := newFixture(t, scheme, ServerConfig{RateLimit: RateLimit{PerSecond: 0.001, Burst: 5}})
-			c := f.dial(t, f.devKey) // the token post takes one token
+			c := f.dial(t, true)
+			// Burst 5 per device: 8 requests, 3 limited. (The token post
+			// of the plain transports counts against the peer's address,
+			// not the device.)
+			want := 3
 			var limited int
 			for range 8 {
 				err := c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil)
@@ -214,11 +257,14 @@ func TestRateLimit(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if limited != 3 {
-				t.Fatalf("%d of 8 requests limited, want 3 (burst 5 per device; the token post counted against the address)", limited)
+			if limited != want {
+				t.Fatalf("%d of 8 requests limited, want %d", limited, want)
 			}
-			// Another device is not affected.
-			other := f.dial(t, nil)
+			if scheme == "coaps" {
+				return
+			}
+			// Another peer is not affected.
+			other := f.dial(t, false)
 			if err := other.Get(ctx5(t), "/v1/status", nil); err != nil {
 				t.Fatalf("other peer: %v", err)
 			}
@@ -227,11 +273,11 @@ func TestRateLimit(t *testing.T) {
 }
 
 func TestServerCloseWithClients(t *testing.T) {
-	for _, scheme := range plainSchemes {
+	for _, scheme := range allSchemes {
 		t.Run(scheme, func(t *testing.T) {
 			before := runtime.NumGoroutine()
 			f := newFixture(t, scheme, ServerConfig{})
-			c, err := Dial(ctx5(t), f.url, ClientConfig{Signer: f.devKey, Audience: testAudience})
+			c, err := Dial(ctx5(t), f.url, f.config(t, true))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -265,4 +311,61 @@ func waitGoroutines(t *testing.T, n int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func TestDTLSWrongKey(t *testing.T) {
+	var called int
+	f := newFixture(t, "coaps", ServerConfig{})
+	must(t, f.srv.Handle(Resource{Path: "/v1/probe", Methods: []Method{POST}, Public: true,
+		Handler: func(context.Context, *Request) (any, error) { called++; return nil, nil }}))
+	cfg := f.config(t, true)
+	cfg.PSK = bytes.Repeat([]byte{7}, PSKSize)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, f.url, cfg)
+	if err == nil {
+		err = c.Post(ctx, "/v1/probe", 1, nil)
+		c.Close()
+	}
+	if err == nil {
+		t.Fatal("DTLS-PSK with a wrong key succeeded")
+	}
+	// An unknown identity fails too.
+	cfg = f.config(t, true)
+	cfg.Device, _ = identity.IDOf(mustKey(t))
+	if c, err := Dial(ctx, f.url, cfg); err == nil {
+		err = c.Post(ctx, "/v1/probe", 1, nil)
+		c.Close()
+		if err == nil {
+			t.Fatal("DTLS-PSK with an unknown identity succeeded")
+		}
+	}
+	if called != 0 {
+		t.Fatalf("handler reached %d times without a valid key", called)
+	}
+}
+
+func TestDerivePSK(t *testing.T) {
+	a, _ := identity.IDOf(mustKey(t))
+	b, _ := identity.IDOf(mustKey(t))
+	ka, err := DerivePSK(fleetSecret, a)
+	if err != nil || len(ka) != PSKSize {
+		t.Fatalf("DerivePSK = %x, %v", ka, err)
+	}
+	ka2, _ := DerivePSK(fleetSecret, a)
+	kb, _ := DerivePSK(fleetSecret, b)
+	if !bytes.Equal(ka, ka2) || bytes.Equal(ka, kb) {
+		t.Fatal("keys not stable per device or not distinct across devices")
+	}
+	if _, err := DerivePSK([]byte("short"), a); err == nil {
+		t.Fatal("short fleet secret accepted")
+	}
+}
+
+func mustKey(t *testing.T) crypto.Signer {
+	k, err := identity.GenerateKey(identity.P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
+	dtlsnet "github.com/pion/dtls/v3/pkg/net"
 	"github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
@@ -113,11 +115,11 @@ func (c *Client) connect(ctx context.Context) error {
 		conn, err = udp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
 	case "coaps":
-		var opts []piondtls.ClientOption
-		if opts, err = c.dtlsOptions(); err != nil {
+		var dc *piondtls.Conn
+		if dc, err = c.dialDTLS(ctx); err != nil {
 			return err
 		}
-		conn, err = dtls.Dial(c.url.Host, dtls.NewDTLSClientOptions(opts...), errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
+		conn = dtls.Client(dc, errs, maxMsg, ticker, options.WithCloseSocket(), options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
 	case "coap+tcp":
 		conn, err = tcp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
@@ -139,6 +141,32 @@ func (c *Client) connect(ctx context.Context) error {
 	c.conn = conn
 	c.mu.Unlock()
 	return nil
+}
+
+// dialDTLS connects and completes the DTLS handshake within ctx, so that a
+// wrong key or an unreachable server fails Dial rather than the first
+// request.
+func (c *Client) dialDTLS(ctx context.Context) (*piondtls.Conn, error) {
+	opts, err := c.dtlsOptions()
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "udp", c.url.Host)
+	if err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
+	}
+	dc, err := piondtls.ClientWithOptions(dtlsnet.PacketConnFromConn(nc), nc.RemoteAddr(), opts...)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("transport: dtls: %w", err)
+	}
+	if err := dc.HandshakeContext(ctx); err != nil {
+		dc.Close()
+		nc.Close()
+		return nil, fmt.Errorf("transport: dtls handshake with %s: %w", c.url.Host, err)
+	}
+	return dc, nil
 }
 
 func (c *Client) dtlsOptions() ([]piondtls.ClientOption, error) {

@@ -29,7 +29,7 @@ func benchTokens(b *testing.B, k crypto.Signer, n int) ([]string, *TokenVerifier
 		toks[i] = t
 	}
 	keys, _ := StaticKeys(k.Public())
-	v, err := NewTokenVerifier(VerifierConfig{Audience: testAud, Keys: keys, ReplayCapacity: n + 1})
+	v, err := NewTokenVerifier(VerifierConfig{Audience: testAud, Keys: keys, ReplayCapacity: n + 1, MaxLiveTokens: n + 1})
 	if err != nil {
 		b.Fatal(err)
 	}

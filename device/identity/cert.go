@@ -19,9 +19,13 @@ const URIPrefix = "urn:sensible:device:"
 // Default certificate lifetimes. Devices outlive most certificates, so
 // device certificates default to the product's service life.
 const (
-	DefaultRootValidity         = 30 * 365 * 24 * time.Hour
+	// DefaultRootValidity is the lifetime of a manufacturer root: 30 years.
+	DefaultRootValidity = 30 * 365 * 24 * time.Hour
+	// DefaultIntermediateValidity is the lifetime of an intermediate: 25 years.
 	DefaultIntermediateValidity = 25 * 365 * 24 * time.Hour
-	DefaultDeviceValidity       = 20 * 365 * 24 * time.Hour
+	// DefaultDeviceValidity is the lifetime of a device certificate: 20
+	// years, capped at its issuer's.
+	DefaultDeviceValidity = 20 * 365 * 24 * time.Hour
 )
 
 // CertOptions tunes a certificate being issued. A nil *CertOptions, and
@@ -65,8 +69,8 @@ func (o *CertOptions) org() []string {
 // as Matter's PAA signs PAIs that sign device certificates). Signer may
 // live in an HSM.
 type CA struct {
-	Cert   *x509.Certificate
-	Signer crypto.Signer
+	Cert   *x509.Certificate // the CA's own certificate
+	Signer crypto.Signer     // the CA's private key
 }
 
 // NewRootCA creates a self-signed manufacturer root that may sign one
@@ -245,22 +249,19 @@ func VerifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time) 
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
+		if !c.IsCA || (c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0) {
+			return ID{}, wrap(ErrKeyUsage, "%q may not sign certificates", c.Subject.CommonName)
+		}
 		inter.AddCert(c)
 	}
-	paths, err := leaf.Verify(x509.VerifyOptions{
+	_, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,
 		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return ID{}, classifyVerifyError(err)
-	}
-	// Every CA on the path must be allowed to sign certificates.
-	for _, c := range paths[0][1:] {
-		if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
-			return ID{}, wrap(ErrKeyUsage, "%q may not sign certificates", c.Subject.CommonName)
-		}
+		return ID{}, classifyVerifyError(err, at)
 	}
 	id, err := IDFromPublicKey(leaf.PublicKey)
 	if err != nil {
@@ -275,7 +276,7 @@ func VerifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time) 
 // checkCertNamesID requires the subject CN and exactly one URI SAN with the
 // device prefix, both naming id.
 func checkCertNamesID(c *x509.Certificate, id ID) error {
-	cn, err := ParseID(c.Subject.CommonName)
+	cn, err := parseCanonicalID(c.Subject.CommonName)
 	if err != nil {
 		return wrap(ErrNotDeviceCert, "subject common name %q is not a device ID", c.Subject.CommonName)
 	}
@@ -289,7 +290,7 @@ func checkCertNamesID(c *x509.Certificate, id ID) error {
 			continue
 		}
 		found++
-		sid, err := ParseID(s[len(URIPrefix):])
+		sid, err := parseCanonicalID(s[len(URIPrefix):])
 		if err != nil {
 			return wrap(ErrNotDeviceCert, "URI SAN %q is not a device ID", s)
 		}
@@ -303,11 +304,14 @@ func checkCertNamesID(c *x509.Certificate, id ID) error {
 	return nil
 }
 
-func classifyVerifyError(err error) error {
+func classifyVerifyError(err error, verifyTime time.Time) error {
 	var inv x509.CertificateInvalidError
 	if errors.As(err, &inv) {
 		switch inv.Reason {
 		case x509.Expired:
+			if inv.Cert != nil && verifyTime.Before(inv.Cert.NotBefore) {
+				return wrap(ErrCertNotYetValid, "%v", err)
+			}
 			return wrap(ErrCertExpired, "%v", err)
 		case x509.IncompatibleUsage, x509.NotAuthorizedToSign, x509.TooManyIntermediates, x509.CANotAuthorizedForThisName:
 			return wrap(ErrKeyUsage, "%v", err)

@@ -53,8 +53,9 @@ var (
 	ErrNotDeviceCert = errors.New("identity: not a device certificate")
 )
 
-// Token errors. [TokenVerifier.Verify] returns an error that matches
-// exactly one of these with [errors.Is].
+// Token errors. An error from [TokenVerifier.Verify] matches one of these
+// with [errors.Is], or ErrIDMismatch or ErrUnsupportedKey for a registered
+// key that does not fit the device, or whatever the KeyFunc returned.
 var (
 	// ErrTokenTooLarge means the token is longer than VerifierConfig.MaxSize;
 	// it was rejected before any parsing.
@@ -92,10 +93,11 @@ var (
 // KeyFileModeError reports a private key file whose permission bits let
 // other users read or write it. It matches [ErrKeyFileMode].
 type KeyFileModeError struct {
-	Path string
-	Mode fs.FileMode
+	Path string      // the key file
+	Mode fs.FileMode // its mode, as found
 }
 
+// Error says which file, its mode, and the command that fixes it.
 func (e *KeyFileModeError) Error() string {
 	return fmt.Sprintf("identity: key file %s has mode %04o, readable by other users; fix with: chmod 600 %s",
 		e.Path, e.Mode.Perm(), e.Path)

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"io"
 	"math/big"
 	"strings"
@@ -81,3 +82,7 @@ func (c *testChain) issueRaw(t testing.TB, tmpl *x509.Certificate, pub crypto.Pu
 	}
 	return cert
 }
+
+func bigOne() *big.Int { return big.NewInt(1) }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -170,6 +170,21 @@ var digitValue = func() (t [256]int8) {
 	return t
 }()
 
+// parseCanonicalID parses an ID that a machine wrote, which must be in its
+// canonical text form exactly: a certificate name or a token subject has
+// one spelling, so that two readers cannot disagree about it.
+func parseCanonicalID(s string) (ID, error) {
+	if len(s) != IDLength {
+		return ID{}, wrap(ErrMalformedID, "not in canonical form")
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; digitValue[c] == 0 || crockford[decodeDigit(c)] != c {
+			return ID{}, wrap(ErrMalformedID, "not in canonical form")
+		}
+	}
+	return ParseID(s)
+}
+
 func decodeDigit(c byte) int { return int(digitValue[c]) - 1 }
 
 // luhn32 returns the Luhn mod 32 check digit value for digits, which must

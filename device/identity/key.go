@@ -56,10 +56,13 @@ func GenerateKey(t KeyType) (crypto.Signer, error) {
 func TypeOf(pub crypto.PublicKey) (KeyType, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return P256, nil
+		if k == nil || k.Curve == nil || k.X == nil || k.Y == nil {
+			return 0, wrap(ErrUnsupportedKey, "incomplete ECDSA public key")
 		}
-		return 0, wrap(ErrUnsupportedKey, "ECDSA curve %s", k.Curve.Params().Name)
+		if k.Curve != elliptic.P256() {
+			return 0, wrap(ErrUnsupportedKey, "ECDSA curve %s", k.Curve.Params().Name)
+		}
+		return P256, nil
 	case ed25519.PublicKey:
 		if len(k) == ed25519.PublicKeySize {
 			return Ed25519, nil
@@ -92,6 +95,9 @@ func MarshalPrivateKeyPEM(key crypto.Signer) ([]byte, error) {
 // or another key type is an error matching ErrMalformedKey or
 // ErrUnsupportedKey.
 func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+	if !bytes.HasPrefix(bytes.TrimSpace(data), []byte("-----BEGIN ")) {
+		return nil, wrap(ErrMalformedKey, "not a PEM block")
+	}
 	block, rest := pem.Decode(data)
 	if block == nil {
 		return nil, wrap(ErrMalformedKey, "no PEM block found")
@@ -142,6 +148,9 @@ func LoadKeyFile(path string) (crypto.Signer, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, wrap(ErrMalformedKey, "%s is not a regular file", path)
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
 		return nil, &KeyFileModeError{Path: path, Mode: fi.Mode()}

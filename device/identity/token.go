@@ -38,6 +38,10 @@ const (
 	// DefaultReplayCapacity bounds how many unexpired token IDs a verifier
 	// remembers.
 	DefaultReplayCapacity = 1 << 17
+	// DefaultMaxLiveTokens bounds how many unexpired tokens of one device
+	// a verifier remembers: a device that opens more sessions than this
+	// within a token lifetime is refused, and the others are not affected.
+	DefaultMaxLiveTokens = 64
 	// maxJTI bounds the jti length so each remembered token costs little.
 	maxJTI = 64
 )
@@ -177,17 +181,27 @@ type VerifierConfig struct {
 	// zero means DefaultReplayCapacity. When it is reached the verifier
 	// refuses new tokens with ErrReplayCacheFull rather than forget one.
 	ReplayCapacity int
+	// MaxLiveTokens caps how many unexpired tokens of one device are
+	// remembered; zero means DefaultMaxLiveTokens. Past it the device's
+	// tokens are refused with ErrReplayCacheFull, so one device cannot
+	// fill the cache for the fleet.
+	MaxLiveTokens int
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
 
 // TokenClaims is what a verified token says.
 type TokenClaims struct {
-	Device   ID        // iss and sub
-	Audience string    // the aud that matched
-	IssuedAt time.Time // iat
-	Expires  time.Time // exp
-	TokenID  string    // jti
+	// Device is the token's issuer and subject, proved by its signature.
+	Device ID
+	// Audience is the verifier's audience, which the token named.
+	Audience string
+	// IssuedAt is the iat claim.
+	IssuedAt time.Time
+	// Expires is the exp claim.
+	Expires time.Time
+	// TokenID is the jti claim.
+	TokenID string
 }
 
 // A TokenVerifier checks device tokens and refuses replays. It is safe for
@@ -197,6 +211,7 @@ type TokenVerifier struct {
 
 	mu     sync.Mutex
 	seen   map[replayKey]struct{}
+	perDev map[ID]int
 	expiry replayHeap
 }
 
@@ -225,12 +240,16 @@ func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 	if cfg.ReplayCapacity <= 0 {
 		cfg.ReplayCapacity = DefaultReplayCapacity
 	}
+	if cfg.MaxLiveTokens <= 0 {
+		cfg.MaxLiveTokens = DefaultMaxLiveTokens
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	return &TokenVerifier{
-		cfg:  cfg,
-		seen: make(map[replayKey]struct{}),
+		cfg:    cfg,
+		seen:   make(map[replayKey]struct{}),
+		perDev: make(map[ID]int),
 	}, nil
 }
 
@@ -254,7 +273,7 @@ func (v *TokenVerifier) Verify(ctx context.Context, token string) (*TokenClaims,
 		return nil, err
 	}
 	c := &tok.claims
-	dev, err := ParseID(c.Sub)
+	dev, err := parseCanonicalID(c.Sub)
 	if err != nil {
 		return nil, wrap(ErrTokenClaims, "sub is not a device ID")
 	}
@@ -273,10 +292,54 @@ func (v *TokenVerifier) Verify(ctx context.Context, token string) (*TokenClaims,
 	if tok.header.Alg != method.Alg() {
 		return nil, wrap(ErrTokenAlgorithm, "alg %q, device key needs %s", tok.header.Alg, method.Alg())
 	}
-	if err := method.Verify(tok.signingInput, tok.sig, pub); err != nil {
+	if !verifyJWS(kt, pub, tok.signingInput, tok.sig, method) {
 		return nil, wrap(ErrTokenSignature, "%s", dev)
 	}
 	return v.checkClaims(c, dev)
+}
+
+// verifyJWS checks a JWS signature. ES256 is verified here, with the
+// fixed-size r||s signature put into ASN.1 form for ecdsa.VerifyASN1:
+// the JWT library's ES256 goes through math/big and re-encodes the same
+// signature, which costs as much as all of Verify's own checks. EdDSA uses
+// the library, which calls crypto/ed25519 directly.
+func verifyJWS(kt KeyType, pub crypto.PublicKey, input string, sig []byte, method jwt.SigningMethod) bool {
+	if kt != P256 {
+		return method.Verify(input, sig, pub) == nil
+	}
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok || len(sig) != 64 {
+		return false
+	}
+	var buf [72]byte
+	digest := sha256.Sum256([]byte(input))
+	return ecdsa.VerifyASN1(k, digest[:], asn1Signature(buf[:0], sig[:32], sig[32:]))
+}
+
+// asn1Signature appends the DER ECDSA-Sig-Value SEQUENCE { r, s } for the
+// big-endian 32-byte integers r and s.
+func asn1Signature(dst, r, s []byte) []byte {
+	intLen := func(x []byte) int {
+		for len(x) > 1 && x[0] == 0 {
+			x = x[1:]
+		}
+		if x[0]&0x80 != 0 {
+			return len(x) + 1
+		}
+		return len(x)
+	}
+	appendInt := func(dst, x []byte) []byte {
+		for len(x) > 1 && x[0] == 0 {
+			x = x[1:]
+		}
+		dst = append(dst, 0x02, byte(intLen(x)))
+		if x[0]&0x80 != 0 {
+			dst = append(dst, 0)
+		}
+		return append(dst, x...)
+	}
+	dst = append(dst, 0x30, byte(2+intLen(r)+2+intLen(s)))
+	return appendInt(appendInt(dst, r), s)
 }
 
 // checkID is ID.Check without re-encoding the key through encoding/asn1:
@@ -287,22 +350,20 @@ func checkID(id ID, pub crypto.PublicKey) (KeyType, error) {
 	if err != nil {
 		return 0, err
 	}
-	h := sha256.New()
-	h.Write([]byte(idDomain))
+	var buf [len(idDomain) + 26 + 65]byte
+	in := append(buf[:0], idDomain...)
 	switch k := pub.(type) {
 	case ed25519.PublicKey:
-		h.Write(spkiPrefixEd25519)
-		h.Write(k)
+		in = append(append(in, spkiPrefixEd25519...), k...)
 	case *ecdsa.PublicKey:
 		b, err := k.Bytes()
 		if err != nil {
 			return 0, wrap(ErrUnsupportedKey, "%v", err)
 		}
-		h.Write(spkiPrefixP256)
-		h.Write(b)
+		in = append(append(in, spkiPrefixP256...), b...)
 	}
-	var sum [sha256.Size]byte
-	if subtle.ConstantTimeCompare(h.Sum(sum[:0])[:len(id)], id[:]) != 1 {
+	sum := sha256.Sum256(in)
+	if subtle.ConstantTimeCompare(sum[:len(id)], id[:]) != 1 {
 		return 0, wrap(ErrIDMismatch, "registered key does not belong to %s", id)
 	}
 	return kt, nil
@@ -326,16 +387,12 @@ type compactToken struct {
 	claims tokenClaims
 }
 
-// tokenClaims are the JSON claims of a device token. Times are JSON
-// numbers (RFC 7519 NumericDate), possibly fractional.
+// tokenClaims are the JSON claims of a device token (decodeClaims). Times
+// are JSON numbers (RFC 7519 NumericDate), possibly fractional.
 type tokenClaims struct {
-	Iss string          `json:"iss"`
-	Sub string          `json:"sub"`
-	Aud json.RawMessage `json:"aud"` // a string or an array of strings
-	Iat *float64        `json:"iat"`
-	Exp *float64        `json:"exp"`
-	Nbf *float64        `json:"nbf"`
-	Jti string          `json:"jti"`
+	Iss, Sub, Jti string
+	Aud           []byte // raw JSON: a string or an array of strings
+	Iat, Exp, Nbf *float64
 }
 
 var b64 = base64.RawURLEncoding.Strict()
@@ -348,6 +405,13 @@ var (
 )
 
 func parseCompact(s string) (*compactToken, error) {
+	// Only the base64url alphabet and the two dots: encoding/base64 would
+	// otherwise skip line breaks.
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return nil, wrap(ErrTokenMalformed, "byte %#x at %d", c, i)
+		}
+	}
 	h, rest, ok1 := strings.Cut(s, ".")
 	p, sig, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 {
@@ -368,6 +432,9 @@ func parseCompact(s string) (*compactToken, error) {
 		if err != nil {
 			return nil, wrap(ErrTokenMalformed, "header: %v", err)
 		}
+		if err := checkKeys(hb, headerNames); err != nil {
+			return nil, wrap(ErrTokenMalformed, "header: %v", err)
+		}
 		if err := json.Unmarshal(hb, &t.header); err != nil {
 			return nil, wrap(ErrTokenMalformed, "header: %v", err)
 		}
@@ -382,7 +449,7 @@ func parseCompact(s string) (*compactToken, error) {
 	if err != nil {
 		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
 	}
-	if err := json.Unmarshal(pb, &t.claims); err != nil {
+	if err := decodeClaims(pb, &t.claims); err != nil {
 		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
 	}
 	return t, nil
@@ -462,14 +529,23 @@ func (v *TokenVerifier) remember(k replayKey, forget, now time.Time) error {
 	for len(v.expiry) > 0 && !v.expiry[0].at.After(now) {
 		e := heap.Pop(&v.expiry).(replayEntry)
 		delete(v.seen, e.key)
+		if n := v.perDev[e.key.dev] - 1; n > 0 {
+			v.perDev[e.key.dev] = n
+		} else {
+			delete(v.perDev, e.key.dev)
+		}
 	}
 	if _, ok := v.seen[k]; ok {
 		return wrap(ErrTokenReplay, "jti %q of %s", k.jti, k.dev)
+	}
+	if v.perDev[k.dev] >= v.cfg.MaxLiveTokens {
+		return wrap(ErrReplayCacheFull, "%s has %d live tokens", k.dev, v.perDev[k.dev])
 	}
 	if len(v.seen) >= v.cfg.ReplayCapacity {
 		return ErrReplayCacheFull
 	}
 	v.seen[k] = struct{}{}
+	v.perDev[k.dev]++
 	heap.Push(&v.expiry, replayEntry{key: k, at: forget})
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +55,16 @@ type ClientConfig struct {
 	PSK []byte
 	// Device is the PSK identity; zero means the ID of Signer's key.
 	Device identity.ID
+	// Certificate is the device's certificate chain and key, presented on
+	// coaps+tcp:// and on coaps:// without PSK. Its PrivateKey may be any
+	// crypto.Signer, such as a key in a secure element.
+	Certificate *tls.Certificate
+	// ServerRoots are the roots the server's certificate must chain to;
+	// nil means the system roots (TLS) or none (DTLS).
+	ServerRoots *x509.CertPool
+	// ServerName is checked against the server's certificate; empty means
+	// the host of the dialed URL.
+	ServerName string
 	// Logger receives go-coap's diagnostics; nil discards them.
 	Logger *slog.Logger
 }
@@ -72,7 +84,8 @@ type Client struct {
 	closed bool
 }
 
-// Dial connects to rawURL (coap://, coaps:// or coap+tcp://) and, if cfg.Signer is
+// Dial connects to rawURL (coap://, coaps://, coap+tcp:// or coaps+tcp://),
+// completing any DTLS or TLS handshake within ctx, and, if cfg.Signer is
 // set, authenticates with a device token.
 func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error) {
 	u, err := url.Parse(rawURL)
@@ -121,16 +134,21 @@ func (c *Client) connect(ctx context.Context) error {
 		}
 		conn = dtls.Client(dc, errs, maxMsg, ticker, options.WithCloseSocket(), options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
-	case "coap+tcp":
-		conn, err = tcp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
-			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
+	case "coap+tcp", "coaps+tcp":
+		var tcfg *tls.Config
+		if c.url.Scheme == "coaps+tcp" {
+			tcfg = c.tlsConfig()
+		}
+		conn, err = c.dialTCP(ctx, tcfg, errs, maxMsg, ticker)
 	default:
 		return fmt.Errorf("transport: unsupported scheme %q", c.url.Scheme)
 	}
 	if err != nil {
 		return fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
 	}
-	if c.cfg.Signer != nil && c.url.Scheme != "coaps" {
+	// A token is needed where the handshake did not authenticate the
+	// device: plain transports, and TLS or DTLS without a certificate.
+	if c.cfg.Signer != nil && c.cfg.PSK == nil && c.cfg.Certificate == nil {
 		if err := c.authenticate(ctx, conn); err != nil {
 			conn.Close()
 			<-conn.Done()
@@ -169,9 +187,64 @@ func (c *Client) dialDTLS(ctx context.Context) (*piondtls.Conn, error) {
 	return dc, nil
 }
 
+func (c *Client) serverName() string {
+	if c.cfg.ServerName != "" {
+		return c.cfg.ServerName
+	}
+	return c.url.Hostname()
+}
+
+func (c *Client) tlsConfig() *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.cfg.ServerRoots, ServerName: c.serverName()}
+	if c.cfg.Certificate != nil {
+		cfg.Certificates = []tls.Certificate{*c.cfg.Certificate}
+	}
+	return cfg
+}
+
+// dialTCP connects over TCP, completing a TLS handshake within ctx when
+// tcfg is set.
+func (c *Client) dialTCP(ctx context.Context, tcfg *tls.Config, opts ...tcp.Option) (*tcpclient.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", c.url.Host)
+	if err != nil {
+		return nil, err
+	}
+	if tcfg != nil {
+		tc := tls.Client(nc, tcfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("transport: tls handshake with %s: %w", c.url.Host, err)
+		}
+		nc = tc
+	}
+	opts = append(opts, options.WithContext(context.WithoutCancel(ctx)), options.WithCloseSocket(),
+		options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
+	conn, err := tcp.Client(nc, opts...)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
 func (c *Client) dtlsOptions() ([]piondtls.ClientOption, error) {
 	if c.cfg.PSK == nil {
-		return nil, errors.New("transport: coaps:// needs ClientConfig.PSK")
+		if c.cfg.Certificate == nil && c.cfg.ServerRoots == nil {
+			return nil, errors.New("transport: coaps:// needs ClientConfig.PSK, or ServerRoots (and a Certificate or a Signer)")
+		}
+		opts := []piondtls.ClientOption{
+			piondtls.WithCipherSuites(piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8),
+			piondtls.WithRootCAs(c.cfg.ServerRoots),
+			piondtls.WithServerName(c.serverName()),
+			piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()),
+			piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
+			piondtls.WithLoggerFactory(silentLogs{}),
+		}
+		if c.cfg.Certificate != nil {
+			opts = append(opts, piondtls.WithCertificates(*c.cfg.Certificate))
+		}
+		return opts, nil
 	}
 	id := c.cfg.Device
 	if id.IsZero() && c.cfg.Signer != nil {

@@ -4,10 +4,11 @@
 //
 // # Transports
 //
-// The URL scheme picks the transport: coap:// is CoAP over UDP (RFC 7252)
-// and coap+tcp:// CoAP over TCP (RFC 8323). A [Server] may listen on
-// several at once ([Server.Listen]); a [Client] dials one ([Dial]).
-// DTLS (coaps://) and TLS (coaps+tcp://) follow the same API.
+// The URL scheme picks the transport: coap:// is CoAP over UDP and
+// coaps:// over DTLS 1.2 (RFC 7252); coap+tcp:// is CoAP over TCP and
+// coaps+tcp:// over TLS (RFC 8323). A [Server] may listen on several at
+// once ([Server.Listen]); a [Client] dials one ([Dial]) and completes any
+// handshake within the caller's context.
 //
 // # Resources and handlers
 //
@@ -28,8 +29,19 @@
 // # Authentication
 //
 // The authenticated device reaches every handler in the request context
-// ([DeviceFrom]). On transports without client authentication, a device
-// posts a token it signed (see package
+// ([DeviceFrom]). A device authenticates in one of three ways:
+//
+//   - DTLS-PSK (TLS_PSK_WITH_AES_128_CCM_8, the suite RFC 7252 makes
+//     mandatory): the PSK identity is the device ID and
+//     [ServerConfig.PSK] returns its key, for example one derived from a
+//     fleet secret with [DerivePSK]. Connection IDs (RFC 9146) are on, so a
+//     device whose address or port changes keeps its session.
+//   - Its certificate chain from the manufacturer, over DTLS or TLS:
+//     [ServerConfig.DeviceRoots] holds the manufacturer roots, and the chain
+//     is checked during the handshake, so a bad chain never reaches a
+//     handler.
+//   - A device token, on transports without client authentication: a device
+//     posts a token it signed (see package
 // github.com/sensible-iot/sensible/device/identity) to [AuthPath] once per
 // session; [ClientConfig.Signer] makes the client do it after every
 // connect, and [ServerConfig.Tokens] verifies it and binds the device to

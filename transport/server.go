@@ -3,6 +3,8 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -69,6 +71,15 @@ type ServerConfig struct {
 	// nil disables PSK. See DerivePSK for per-device keys from a fleet
 	// secret.
 	PSK func(ctx context.Context, id identity.ID) ([]byte, error)
+	// Certificate is the server's certificate chain and key for
+	// coaps+tcp:// (TLS) and for coaps:// with certificates (listen URL
+	// query auth=cert, or no PSK configured).
+	Certificate *tls.Certificate
+	// DeviceRoots are the manufacturer roots that device certificate
+	// chains must lead to (identity.VerifyChain). With DeviceRoots set,
+	// a device presenting its certificate is authenticated by it; a
+	// client presenting none may still post a token when Tokens is set.
+	DeviceRoots *x509.CertPool
 	// Logger receives what the server and go-coap would otherwise print;
 	// nil discards it.
 	Logger *slog.Logger
@@ -156,7 +167,10 @@ func (s *Server) relink() {
 }
 
 // Listen starts serving on address, a URL whose scheme picks the
-// transport: coap:// (UDP), coaps:// (DTLS 1.2) or coap+tcp:// (TCP).
+// transport: coap:// (UDP), coaps:// (DTLS 1.2), coap+tcp:// (TCP) or
+// coaps+tcp:// (TLS 1.2 or later). coaps:// uses PSK when ServerConfig.PSK
+// is set, certificates otherwise; the query auth=cert or auth=psk chooses
+// when both are configured (one DTLS listener does one or the other).
 // Port 0 picks a free port.
 // It returns the URL actually listened on. Serving goes on until Close.
 func (s *Server) Listen(address string) (string, error) {
@@ -187,10 +201,11 @@ func (s *Server) Listen(address string) (string, error) {
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap://" + l.LocalAddr().String(), nil
 	case "coaps":
-		if s.cfg.PSK == nil {
-			return "", errors.New("transport: coaps:// needs ServerConfig.PSK")
+		opts, err := s.dtlsOptions(u.Query().Get("auth"))
+		if err != nil {
+			return "", err
 		}
-		l, err := coapnet.NewDTLSListener("udp", u.Host, coapnet.NewDTLSServerOptions(s.dtlsOptions()...))
+		l, err := coapnet.NewDTLSListener("udp", u.Host, coapnet.NewDTLSServerOptions(opts...))
 		if err != nil {
 			return "", err
 		}
@@ -200,6 +215,20 @@ func (s *Server) Listen(address string) (string, error) {
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coaps://" + l.Addr().String(), nil
+	case "coaps+tcp":
+		if s.cfg.Certificate == nil {
+			return "", errors.New("transport: coaps+tcp:// needs ServerConfig.Certificate")
+		}
+		l, err := coapnet.NewTLSListener("tcp", u.Host, s.tlsConfig())
+		if err != nil {
+			return "", err
+		}
+		srv := tcp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
+			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
+			options.WithOnNewConn(func(cc *tcpclient.Conn) { cc.SetContextValue(sessionKey{}, s.tlsSession(cc)) }),
+		)
+		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		return "coaps+tcp://" + l.Addr().String(), nil
 	case "coap+tcp":
 		l, err := coapnet.NewTCPListener("tcp", u.Host)
 		if err != nil {
@@ -215,36 +244,137 @@ func (s *Server) Listen(address string) (string, error) {
 	return "", fmt.Errorf("transport: unsupported scheme %q", u.Scheme)
 }
 
-// dtlsOptions configures DTLS-PSK with the suite RFC 7252 makes mandatory
-// and connection IDs (RFC 9146), so a device whose address or port changes
-// keeps its session.
-func (s *Server) dtlsOptions() []piondtls.ServerOption {
-	return []piondtls.ServerOption{
-		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
-		piondtls.WithPSK(func(hint []byte) ([]byte, error) {
-			id, err := identity.ParseID(string(hint))
-			if err != nil {
-				return nil, err
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-			defer cancel()
-			return s.cfg.PSK(ctx, id)
-		}),
+// dtlsOptions configures a DTLS listener for PSK, with the suite RFC 7252
+// makes mandatory, or for certificates; connection IDs (RFC 9146) are on
+// either way, so a device whose address or port changes keeps its session.
+func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
+	if auth == "" {
+		auth = "psk"
+		if s.cfg.PSK == nil {
+			auth = "cert"
+		}
+	}
+	opts := []piondtls.ServerOption{
 		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(8)),
 		piondtls.WithLoggerFactory(silentLogs{}),
+		piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
+	}
+	switch auth {
+	case "psk":
+		if s.cfg.PSK == nil {
+			return nil, errors.New("transport: coaps:// with PSK needs ServerConfig.PSK")
+		}
+		return append(opts,
+			piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
+			piondtls.WithPSK(func(hint []byte) ([]byte, error) {
+				id, err := identity.ParseID(string(hint))
+				if err != nil {
+					return nil, err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+				defer cancel()
+				return s.cfg.PSK(ctx, id)
+			})), nil
+	case "cert":
+		if s.cfg.Certificate == nil {
+			return nil, errors.New("transport: coaps:// with certificates needs ServerConfig.Certificate")
+		}
+		return append(opts,
+			piondtls.WithCipherSuites(piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8),
+			piondtls.WithCertificates(*s.cfg.Certificate),
+			piondtls.WithClientAuth(pionClientAuth(s.clientAuth())),
+			piondtls.WithVerifyPeerCertificate(s.verifyDevice)), nil
+	}
+	return nil, fmt.Errorf("transport: unknown auth %q (want psk or cert)", auth)
+}
+
+// clientAuth asks for a device certificate, and requires one unless a
+// device may authenticate with a token instead.
+func (s *Server) clientAuth() tls.ClientAuthType {
+	if s.cfg.Tokens != nil || s.cfg.DeviceRoots == nil {
+		return tls.RequestClientCert
+	}
+	return tls.RequireAnyClientCert
+}
+
+func pionClientAuth(a tls.ClientAuthType) piondtls.ClientAuthType {
+	if a == tls.RequireAnyClientCert {
+		return piondtls.RequireAnyClientCert
+	}
+	return piondtls.RequestClientCert
+}
+
+// verifyDevice checks a device certificate chain during the handshake, so
+// a bad chain fails the handshake and never reaches a handler.
+func (s *Server) verifyDevice(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil // no certificate: the device may still post a token
+	}
+	_, err := s.deviceFromChain(raw)
+	return err
+}
+
+func (s *Server) deviceFromChain(raw [][]byte) (identity.ID, error) {
+	if s.cfg.DeviceRoots == nil {
+		return identity.ID{}, errors.New("transport: device certificates are not accepted (no DeviceRoots)")
+	}
+	chain := make([]*x509.Certificate, 0, len(raw))
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return identity.ID{}, err
+		}
+		chain = append(chain, c)
+	}
+	return identity.VerifyChain(chain, s.cfg.DeviceRoots, time.Now())
+}
+
+func (s *Server) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:            tls.VersionTLS12,
+		Certificates:          []tls.Certificate{*s.cfg.Certificate},
+		ClientAuth:            s.clientAuth(),
+		VerifyPeerCertificate: s.verifyDevice,
 	}
 }
 
 // dtlsSession returns the session of a new DTLS connection, whose device
-// is the PSK identity the handshake proved.
+// is the PSK identity or the certificate chain the handshake proved.
 func (s *Server) dtlsSession(cc *udpclient.Conn) *session {
 	ss := &session{}
 	if dc, ok := cc.NetConn().(*piondtls.Conn); ok {
 		if st, ok := dc.ConnectionState(); ok {
-			if id, err := identity.ParseID(string(st.IdentityHint)); err == nil {
+			if len(st.PeerCertificates) > 0 {
+				ss.device, _ = s.deviceFromChain(st.PeerCertificates)
+			} else if id, err := identity.ParseID(string(st.IdentityHint)); err == nil {
 				ss.device = id
 			}
 		}
+	}
+	return ss
+}
+
+// tlsSession completes the TLS handshake of a new connection and returns
+// its session, authenticated if the device presented its certificate.
+func (s *Server) tlsSession(cc *tcpclient.Conn) *session {
+	ss := &session{}
+	tc, ok := cc.NetConn().(*tls.Conn)
+	if !ok {
+		return ss
+	}
+	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		s.log.Info("transport: TLS handshake failed", "peer", cc.RemoteAddr(), "err", err)
+		cc.Close()
+		return ss
+	}
+	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
+		raw := make([][]byte, len(st.PeerCertificates))
+		for i, c := range st.PeerCertificates {
+			raw[i] = c.Raw
+		}
+		ss.device, _ = s.deviceFromChain(raw)
 	}
 	return ss
 }

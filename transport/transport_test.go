@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"runtime"
 	"strings"
@@ -20,8 +22,9 @@ const testAudience = "coaps://cloud.sensible.test"
 // plainSchemes are the transports without client authentication.
 var plainSchemes = []string{"coap", "coap+tcp"}
 
-// allSchemes are every transport the conformance table covers.
-var allSchemes = []string{"coap", "coaps", "coap+tcp"}
+// allSchemes are every transport the conformance table covers;
+// "coaps+cert" is coaps:// with certificates instead of PSK.
+var allSchemes = []string{"coap", "coaps", "coaps+cert", "coap+tcp", "coaps+tcp"}
 
 // fleetSecret derives the test devices' DTLS pre-shared keys.
 var fleetSecret = bytes.Repeat([]byte("sensible fleet secret "), 2)
@@ -38,6 +41,7 @@ type ack struct {
 
 type fixture struct {
 	scheme string
+	pki    *testPKI
 	srv    *Server
 	url    string
 	devKey crypto.Signer
@@ -69,9 +73,20 @@ func newFixture(t *testing.T, scheme string, cfg ServerConfig) *fixture {
 		}
 	}
 	f.scheme = scheme
+	f.pki = newTestPKI(t, f.devKey)
+	if cfg.Certificate == nil {
+		cfg.Certificate = &f.pki.server
+	}
+	if cfg.DeviceRoots == nil {
+		cfg.DeviceRoots = f.pki.deviceRoots
+	}
 	f.srv = NewServer(cfg)
 	t.Cleanup(func() { f.srv.Close() })
-	f.url, err = f.srv.Listen(scheme + "://127.0.0.1:0")
+	listen := scheme + "://127.0.0.1:0"
+	if scheme == "coaps+cert" {
+		listen = "coaps://127.0.0.1:0?auth=cert"
+	}
+	f.url, err = f.srv.Listen(listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,12 +125,20 @@ func (f *fixture) config(t *testing.T, authed bool) ClientConfig {
 	if authed {
 		cfg.Signer = f.devKey
 	}
-	if f.scheme == "coaps" {
+	switch f.scheme {
+	case "coaps":
 		psk, err := DerivePSK(fleetSecret, f.dev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg.PSK, cfg.Device = psk, f.dev
+		cfg.Signer = nil
+	case "coaps+cert", "coaps+tcp":
+		cfg.ServerRoots = f.pki.serverRoots
+		if authed {
+			cfg.Certificate = &f.pki.device
+			cfg.Signer = nil
+		}
 	}
 	return cfg
 }
@@ -182,14 +205,28 @@ func TestConformance(t *testing.T) {
 				if scheme == "coaps" {
 					t.Skip("DTLS-PSK needs no token")
 				}
-				other, _ := identity.GenerateKey(identity.P256)
-				_, err := Dial(ctx5(t), f.url, ClientConfig{Signer: other, Audience: testAudience})
-				if !errors.Is(err, ErrUnauthorized) {
+				base := f.config(t, false)
+				cfg := base
+				cfg.Signer = mustKey(t)
+				if _, err := Dial(ctx5(t), f.url, cfg); !errors.Is(err, ErrUnauthorized) {
 					t.Fatalf("unknown device: %v, want 4.01", err)
 				}
-				_, err = Dial(ctx5(t), f.url, ClientConfig{Signer: f.devKey, Audience: "coap://elsewhere"})
-				if !errors.Is(err, ErrUnauthorized) {
+				cfg = base
+				cfg.Signer, cfg.Audience = f.devKey, "coap://elsewhere"
+				if _, err := Dial(ctx5(t), f.url, cfg); !errors.Is(err, ErrUnauthorized) {
 					t.Fatalf("wrong audience: %v, want 4.01", err)
+				}
+				// The right token authenticates a session without a
+				// device certificate.
+				cfg = base
+				cfg.Signer = f.devKey
+				c, err := Dial(ctx5(t), f.url, cfg)
+				must(t, err)
+				defer c.Close()
+				var got ack
+				must(t, c.Post(ctx5(t), "/v1/telemetry", batch, &got))
+				if got.Device != f.dev.String() {
+					t.Fatalf("token session is device %q, want %s", got.Device, f.dev)
 				}
 			})
 			t.Run("handler error code", func(t *testing.T) {
@@ -262,7 +299,7 @@ func TestRateLimit(t *testing.T) {
 				t.Fatalf("%d of 8 requests limited, want %d", limited, want)
 			}
 			if scheme == "coaps" {
-				return
+				return // every DTLS-PSK peer is this device
 			}
 			// Another peer is not affected.
 			other := f.dial(t, false)
@@ -383,6 +420,73 @@ func TestClientCloseFirstNoLeaks(t *testing.T) {
 			must(t, c.Close())
 			must(t, f.srv.Close())
 			waitGoroutines(t, before)
+		})
+	}
+}
+
+// testPKI is a manufacturer chain for the device and a cloud CA for the
+// server, whose certificate names 127.0.0.1.
+type testPKI struct {
+	device      tls.Certificate
+	deviceRoots *x509.CertPool
+	server      tls.Certificate
+	serverRoots *x509.CertPool
+}
+
+func newTestPKI(t *testing.T, devKey crypto.Signer) *testPKI {
+	t.Helper()
+	p := &testPKI{deviceRoots: x509.NewCertPool(), serverRoots: x509.NewCertPool()}
+	root, err := identity.NewRootCA(mustKey(t), "Test Manufacturer Root", nil)
+	must(t, err)
+	inter, err := root.NewIntermediate(mustKey(t), "Test Factory", nil)
+	must(t, err)
+	csr, err := identity.NewCSR(devKey)
+	must(t, err)
+	dev, err := inter.IssueDevice(csr, nil)
+	must(t, err)
+	p.deviceRoots.AddCert(root.Cert)
+	p.device = tls.Certificate{Certificate: [][]byte{dev.Raw, inter.Cert.Raw}, PrivateKey: devKey, Leaf: dev}
+
+	cloud, err := identity.NewRootCA(mustKey(t), "Test Cloud Root", nil)
+	must(t, err)
+	srvKey := mustKey(t)
+	srv, err := cloud.IssueServer(srvKey.Public(), []string{"127.0.0.1"}, nil)
+	must(t, err)
+	p.serverRoots.AddCert(cloud.Cert)
+	p.server = tls.Certificate{Certificate: [][]byte{srv.Raw}, PrivateKey: srvKey, Leaf: srv}
+	return p
+}
+
+func TestBadDeviceCertificate(t *testing.T) {
+	for _, scheme := range []string{"coaps+cert", "coaps+tcp"} {
+		t.Run(scheme, func(t *testing.T) {
+			var called atomic.Int32
+			f := newFixture(t, scheme, ServerConfig{})
+			must(t, f.srv.Handle(Resource{Path: "/v1/probe", Methods: []Method{POST}, Public: true,
+				Handler: func(context.Context, *Request) (any, error) { called.Add(1); return nil, nil }}))
+			// A device chain from another manufacturer fails the handshake.
+			other := newTestPKI(t, f.devKey)
+			cfg := f.config(t, true)
+			cfg.Certificate = &other.device
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if c, err := Dial(ctx, f.url, cfg); err == nil {
+				err = c.Post(ctx, "/v1/probe", 1, nil)
+				c.Close()
+				if err == nil {
+					t.Fatal("untrusted device chain reached a handler")
+				}
+			}
+			// A server the client does not trust is refused by the client.
+			cfg = f.config(t, true)
+			cfg.ServerRoots = other.serverRoots
+			if c, err := Dial(ctx, f.url, cfg); err == nil {
+				c.Close()
+				t.Fatal("client accepted an untrusted server")
+			}
+			if n := called.Load(); n != 0 {
+				t.Fatalf("handler reached %d times", n)
+			}
 		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"math/big"
+	"net"
 	"net/url"
 	"time"
 )
@@ -199,6 +200,49 @@ func (ca *CA) IssueDevice(csrDER []byte, opts *CertOptions) (*x509.Certificate, 
 		BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// IssueServer issues a TLS server certificate for a cloud endpoint: the
+// key pub, the names in hosts (DNS names or IP addresses) as subject
+// alternative names, extended key usage server authentication. Devices
+// trust the cloud through the CA that signs these, which need not be the
+// manufacturer's.
+func (ca *CA) IssueServer(pub crypto.PublicKey, hosts []string, opts *CertOptions) (*x509.Certificate, error) {
+	if _, err := TypeOf(pub); err != nil {
+		return nil, err
+	}
+	if len(hosts) == 0 {
+		return nil, errors.New("identity: a server certificate needs at least one host name or address")
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	nb, na := opts.window(DefaultDeviceValidity)
+	if na.After(ca.Cert.NotAfter) {
+		na = ca.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: hosts[0], Organization: opts.org()},
+		NotBefore:             nb,
+		NotAfter:              na,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Signer)
 	if err != nil {
 		return nil, err
 	}

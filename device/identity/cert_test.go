@@ -162,3 +162,24 @@ func TestHardwareSignerCA(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestIssueServer(t *testing.T) {
+	c := newTestChain(t, P256)
+	k := mustKey(t, P256)
+	cert, err := c.root.IssueServer(k.Public(), []string{"cloud.example.com", "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.roots, DNSName: "cloud.example.com"}); err != nil {
+		t.Errorf("DNS name: %v", err)
+	}
+	if err := cert.VerifyHostname("127.0.0.1"); err != nil {
+		t.Errorf("IP address: %v", err)
+	}
+	if _, err := VerifyChain([]*x509.Certificate{cert}, c.roots, time.Now()); err == nil {
+		t.Error("a server certificate verified as a device chain")
+	}
+	if _, err := c.root.IssueServer(k.Public(), nil, nil); err == nil {
+		t.Error("server certificate without names issued")
+	}
+}

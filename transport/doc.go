@@ -42,6 +42,7 @@
 //     handler.
 //   - A device token, on transports without client authentication: a device
 //     posts a token it signed (see package
+//
 // github.com/sensible-iot/sensible/device/identity) to [AuthPath] once per
 // session; [ClientConfig.Signer] makes the client do it after every
 // connect, and [ServerConfig.Tokens] verifies it and binds the device to

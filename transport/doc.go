@@ -55,6 +55,14 @@
 // [ErrUnauthorized], [ErrForbidden], [ErrTooManyRequests] and the other
 // sentinels by code.
 //
+// # Large bodies
+//
+// Over UDP and DTLS a body larger than one block travels block-wise (RFC
+// 7959), in 1 KiB blocks that fit a DTLS record; over TCP and TLS one
+// message carries it (up to ServerConfig.MaxMessageSize). A resource's
+// MaxBody still bounds what its handler accepts. Block-wise transfer is
+// not combined with Observe: keep notifications small.
+//
 // # Caveats
 //
 // go-coap keeps every UDP response for about 247 s, keyed by message ID,

@@ -140,6 +140,11 @@ type Resource struct {
 	// Attributes are RFC 6690 link attributes for /.well-known/core, such
 	// as `rt="sensible.telemetry"`.
 	Attributes []string
+	// Observable resources accept Observe registrations (RFC 7641) on
+	// GET: the handler's answer is the first notification, and
+	// Server.Notify sends the next ones. Keep observed values small:
+	// notifications are not sent block-wise.
+	Observable bool
 }
 
 type route struct {
@@ -187,6 +192,9 @@ func linkFormat(routes []*route) string {
 		for _, a := range rt.Attributes {
 			b.WriteByte(';')
 			b.WriteString(a)
+		}
+		if rt.Observable {
+			b.WriteString(";obs")
 		}
 		if len(rt.Formats) > 0 {
 			b.WriteString(";ct=")

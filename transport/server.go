@@ -37,8 +37,11 @@ const (
 	// the server drops it: minutes, for sleepy devices (go-coap's own
 	// default is 16 s).
 	DefaultIdleTimeout = 5 * time.Minute
-	// DefaultMaxMessageSize caps one CoAP message on the wire.
-	DefaultMaxMessageSize = 64 << 10
+	// DefaultMaxMessageSize caps one CoAP message: 1 MiB. Over UDP and DTLS
+	// large bodies travel block-wise (RFC 7959) in 1 KiB blocks; over TCP
+	// and TLS a message carries its whole body, since go-coap peers do not
+	// negotiate block-wise transfer there, so this also caps a body.
+	DefaultMaxMessageSize = 1 << 20
 	// DefaultRequestTimeout bounds one handler call.
 	DefaultRequestTimeout = 30 * time.Second
 )
@@ -91,6 +94,7 @@ type Server struct {
 	cfg     ServerConfig
 	log     *slog.Logger
 	limiter *limiter
+	obs     observers
 
 	mu       sync.RWMutex
 	routes   map[string]*route
@@ -444,7 +448,11 @@ func (s *Server) serveCOAP(w mux.ResponseWriter, r *mux.Message) {
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	if err := w.SetResponse(codes.Code(code), message.MediaType(format), rd); err != nil {
+	var opts []message.Option
+	if seq, ok := s.observe(w.Conn(), r, code); ok {
+		opts = append(opts, observeOption(seq))
+	}
+	if err := w.SetResponse(codes.Code(code), message.MediaType(format), rd, opts...); err != nil {
 		s.log.Debug("transport: writing response", "err", err)
 	}
 }

@@ -55,10 +55,11 @@ func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool
 		if rt == nil || !rt.Observable || !code.IsSuccess() {
 			return 0, false
 		}
-		o := &observer{conn: conn, token: token, dev: sessionOf(conn).get(), seq: 1, udp: isUDP(conn)}
+		const first = 1
+		o := &observer{conn: conn, token: token, dev: sessionOf(conn).get(), seq: first, udp: isUDP(conn)}
 		s.obs.add(path, o)
 		conn.AddOnClose(func() { s.obs.remove(path, o) })
-		return o.seq, true
+		return first, true
 	case 1:
 		s.obs.removeToken(path, conn, token)
 	}
@@ -235,4 +236,3 @@ func (c *Client) Observe(ctx context.Context, path string, fn func(Notification)
 	}
 	return &Observation{obs: obs}, nil
 }
-

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"sync"
@@ -65,8 +66,54 @@ type ClientConfig struct {
 	// ServerName is checked against the server's certificate; empty means
 	// the host of the dialed URL.
 	ServerName string
+	// Retry says how requests are retried; the zero value means the
+	// defaults of RetryPolicy.
+	Retry RetryPolicy
 	// Logger receives go-coap's diagnostics; nil discards them.
 	Logger *slog.Logger
+}
+
+// RetryPolicy governs retries. A request is retried when it may not have
+// reached the server (the connection failed or timed out: the client
+// reconnects first, authenticating again) or when the server answered 5.03
+// or 4.29; never for another error response, and never past the caller's
+// context. Waits grow exponentially from Base to Max with full jitter. v1
+// requests are safe to repeat: telemetry carries an idempotency key.
+type RetryPolicy struct {
+	// Attempts is how many times a request is tried in all; zero means
+	// DefaultRetryAttempts, 1 disables retries.
+	Attempts int
+	// Base is the first wait; zero means 100 ms.
+	Base time.Duration
+	// Max caps one wait; zero means 5 s.
+	Max time.Duration
+}
+
+// DefaultRetryAttempts is how many times a request is tried by default.
+const DefaultRetryAttempts = 4
+
+func (p RetryPolicy) attempts() int {
+	if p.Attempts <= 0 {
+		return DefaultRetryAttempts
+	}
+	return p.Attempts
+}
+
+// wait returns the pause before retry number n (0 for the first retry):
+// a random duration up to min(Max, Base*2^n).
+func (p RetryPolicy) wait(n int) time.Duration {
+	base, max := p.Base, p.Max
+	if base <= 0 {
+		base = 100 * time.Millisecond
+	}
+	if max <= 0 {
+		max = 5 * time.Second
+	}
+	d := base << min(n, 20)
+	if d <= 0 || d > max {
+		d = max
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
 }
 
 // A Client talks to one server over one of the four transports. It is safe
@@ -79,9 +126,12 @@ type Client struct {
 
 	tick chan struct{} // closed by Close: ends go-coap's periodic runner
 
-	mu     sync.Mutex
-	conn   mux.Conn
-	closed bool
+	dialMu sync.Mutex // held while reconnecting
+
+	mu           sync.Mutex
+	conn         mux.Conn // nil after a failure, until the next request redials
+	closed       bool
+	observations map[*Observation]struct{}
 }
 
 // Dial connects to rawURL (coap://, coaps://, coap+tcp:// or coaps+tcp://),
@@ -109,15 +159,135 @@ func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{})}
-	if err := c.connect(ctx); err != nil {
+	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{}), observations: make(map[*Observation]struct{})}
+	conn, err := c.connect(ctx)
+	if err != nil {
 		close(c.tick)
 		return nil, err
 	}
+	c.conn = conn
 	return c, nil
 }
 
-func (c *Client) connect(ctx context.Context) error {
+// live returns the current connection, or dials a new one (authenticating
+// and re-registering observations) if the last one failed.
+func (c *Client) live(ctx context.Context) (mux.Conn, error) {
+	c.dialMu.Lock()
+	defer c.dialMu.Unlock()
+	c.mu.Lock()
+	conn, closed := c.conn, c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if conn != nil {
+		select {
+		case <-conn.Done():
+			c.drop(conn)
+		default:
+			return conn, nil
+		}
+	}
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		conn.Close()
+		<-conn.Done()
+		return nil, ErrClosed
+	}
+	c.conn = conn
+	c.mu.Unlock()
+	c.reobserve(ctx, conn)
+	return conn, nil
+}
+
+// reobserve registers every observation again on conn, after a reconnect
+// or after the server lost the session.
+func (c *Client) reobserve(ctx context.Context, conn mux.Conn) {
+	c.mu.Lock()
+	obs := make([]*Observation, 0, len(c.observations))
+	for o := range c.observations {
+		obs = append(obs, o)
+	}
+	c.mu.Unlock()
+	for _, o := range obs {
+		if err := o.register(ctx, conn); err != nil {
+			c.log.Warn("transport: re-registering observation", "path", o.path, "err", err)
+		}
+	}
+}
+
+// drop forgets conn after a failure and closes it.
+func (c *Client) drop(conn mux.Conn) {
+	c.mu.Lock()
+	if c.conn == conn {
+		c.conn = nil
+	}
+	c.mu.Unlock()
+	conn.Close()
+	<-conn.Done()
+}
+
+// withRetry runs fn on a live connection, retrying per the RetryPolicy.
+func (c *Client) withRetry(ctx context.Context, fn func(mux.Conn) error) error {
+	attempts := c.cfg.Retry.attempts()
+	for n := 0; ; n++ {
+		conn, err := c.live(ctx)
+		if err == nil {
+			err = fn(conn)
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrUnauthorized) && c.usesToken():
+				// The server lost the session (it restarted, or a
+				// device's UDP source address changed): authenticate
+				// again on this connection.
+				if aerr := c.authenticate(ctx, conn); aerr == nil {
+					c.reobserve(ctx, conn)
+					err = fn(conn)
+				}
+			case connFailed(err):
+				c.drop(conn)
+			}
+		}
+		if err == nil || !retryable(err) || n+1 >= attempts || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(c.cfg.Retry.wait(n))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
+}
+
+// connFailed reports whether err came from the connection rather than from
+// a response. (go-coap reports a closed connection with a context error of
+// its own; the caller's context is checked separately.)
+func connFailed(err error) bool {
+	var e *Error
+	return !errors.As(err, &e) && !errors.Is(err, ErrClosed)
+}
+
+func retryable(err error) bool {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code == ServiceUnavailable || e.Code == TooManyRequests
+	}
+	return !errors.Is(err, ErrClosed)
+}
+
+// usesToken reports whether sessions are authenticated by a device token.
+func (c *Client) usesToken() bool {
+	return c.cfg.Signer != nil && c.cfg.PSK == nil && c.cfg.Certificate == nil
+}
+
+func (c *Client) connect(ctx context.Context) (mux.Conn, error) {
 	errs := options.WithErrors(func(err error) { c.log.Debug("coap", "err", err) })
 	maxMsg := options.WithMaxMessageSize(uint32(c.cfg.MaxMessageSize))
 	ticker := options.WithPeriodicRunner(periodic.New(c.tick, time.Second))
@@ -130,7 +300,7 @@ func (c *Client) connect(ctx context.Context) error {
 	case "coaps":
 		var dc *piondtls.Conn
 		if dc, err = c.dialDTLS(ctx); err != nil {
-			return err
+			return nil, err
 		}
 		conn = dtls.Client(dc, errs, maxMsg, ticker, options.WithCloseSocket(), options.WithContext(context.WithoutCancel(ctx)),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
@@ -141,24 +311,21 @@ func (c *Client) connect(ctx context.Context) error {
 		}
 		conn, err = c.dialTCP(ctx, tcfg, errs, maxMsg, ticker)
 	default:
-		return fmt.Errorf("transport: unsupported scheme %q", c.url.Scheme)
+		return nil, fmt.Errorf("transport: unsupported scheme %q", c.url.Scheme)
 	}
 	if err != nil {
-		return fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
+		return nil, fmt.Errorf("transport: dial %s: %w", c.url.Redacted(), err)
 	}
 	// A token is needed where the handshake did not authenticate the
 	// device: plain transports, and TLS or DTLS without a certificate.
-	if c.cfg.Signer != nil && c.cfg.PSK == nil && c.cfg.Certificate == nil {
+	if c.usesToken() {
 		if err := c.authenticate(ctx, conn); err != nil {
 			conn.Close()
 			<-conn.Done()
-			return err
+			return nil, err
 		}
 	}
-	c.mu.Lock()
-	c.conn = conn
-	c.mu.Unlock()
-	return nil
+	return conn, nil
 }
 
 // dialDTLS connects and completes the DTLS handshake within ctx, so that a
@@ -304,37 +471,33 @@ func (c *Client) Do(ctx context.Context, m Method, path string, in, out any) err
 
 // DoRaw is Do with a body already encoded in format.
 func (c *Client) DoRaw(ctx context.Context, m Method, path string, format Format, body []byte, out any) error {
-	c.mu.Lock()
-	conn, closed := c.conn, c.closed
-	c.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	return c.roundTrip(ctx, conn, m, path, format, body, out)
+	return c.withRetry(ctx, func(conn mux.Conn) error {
+		return c.roundTrip(ctx, conn, m, path, format, body, out)
+	})
 }
 
 // GetRaw fetches path and returns the response's format and body.
 func (c *Client) GetRaw(ctx context.Context, path string) (Format, []byte, error) {
-	c.mu.Lock()
-	conn, closed := c.conn, c.closed
-	c.mu.Unlock()
-	if closed {
-		return 0, nil, ErrClosed
-	}
-	resp, err := conn.Get(ctx, path)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer conn.ReleaseMessage(resp)
-	cf, _ := resp.ContentFormat()
-	b, err := readAll(resp)
-	if err != nil {
-		return 0, nil, err
-	}
-	if code := Code(resp.Code()); !code.IsSuccess() {
-		return 0, nil, c.responseError(code, Format(cf), b)
-	}
-	return Format(cf), b, nil
+	var format Format
+	var body []byte
+	err := c.withRetry(ctx, func(conn mux.Conn) error {
+		resp, err := conn.Get(ctx, path)
+		if err != nil {
+			return err
+		}
+		defer conn.ReleaseMessage(resp)
+		cf, _ := resp.ContentFormat()
+		b, err := readAll(resp)
+		if err != nil {
+			return err
+		}
+		if code := Code(resp.Code()); !code.IsSuccess() {
+			return c.responseError(code, Format(cf), b)
+		}
+		format, body = Format(cf), b
+		return nil
+	})
+	return format, body, err
 }
 
 func (c *Client) roundTrip(ctx context.Context, conn mux.Conn, m Method, path string, format Format, body []byte, out any) error {
@@ -416,9 +579,15 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	conn := c.conn
+	c.conn = nil
 	c.mu.Unlock()
-	err := conn.Close()
-	<-conn.Done()
+	c.dialMu.Lock() // wait out a reconnect in progress
+	defer c.dialMu.Unlock()
+	var err error
+	if conn != nil {
+		err = conn.Close()
+		<-conn.Done()
+	}
 	close(c.tick)
 	return err
 }

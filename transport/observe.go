@@ -193,27 +193,57 @@ type Notification struct {
 // Decode decodes the body strictly into the value v points to.
 func (n Notification) Decode(v any) error { return n.dec.Unmarshal(n.Body, v) }
 
-// An Observation is a registration made by Client.Observe.
+// An Observation is a registration made by Client.Observe. It survives
+// reconnects: the client registers it again on each new connection.
 type Observation struct {
-	obs mux.Observation
+	c    *Client
+	path string
+	fn   func(Notification)
+
+	mu  sync.Mutex
+	reg mux.Observation
 }
 
 // Cancel ends the observation, telling the server (RFC 7641 §3.6).
-func (o *Observation) Cancel(ctx context.Context) error { return o.obs.Cancel(ctx) }
+func (o *Observation) Cancel(ctx context.Context) error {
+	o.c.mu.Lock()
+	delete(o.c.observations, o)
+	o.c.mu.Unlock()
+	o.mu.Lock()
+	reg := o.reg
+	o.reg = nil
+	o.mu.Unlock()
+	if reg == nil {
+		return nil
+	}
+	return reg.Cancel(ctx)
+}
 
 // Observe registers for notifications of path and calls fn with each, in
 // order, starting with the current value; out-of-order notifications are
-// dropped. fn runs on the connection's goroutine: it must not block. The
-// observation ends with Cancel, or with the connection.
+// dropped. After a reconnect the client registers again and fn receives
+// the current value anew. fn runs on the connection's goroutine: it must
+// not block. The observation ends with Cancel or Close.
 func (c *Client) Observe(ctx context.Context, path string, fn func(Notification)) (*Observation, error) {
+	o := &Observation{c: c, path: path, fn: fn}
+	err := c.withRetry(ctx, func(conn mux.Conn) error { return o.register(ctx, conn) })
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
-	conn, closed := c.conn, c.closed
-	c.mu.Unlock()
-	if closed {
+	defer c.mu.Unlock()
+	if c.closed {
 		return nil, ErrClosed
 	}
+	c.observations[o] = struct{}{}
+	return o, nil
+}
+
+// register registers o on conn.
+func (o *Observation) register(ctx context.Context, conn mux.Conn) error {
+	var mu sync.Mutex
 	var first *Error
-	obs, err := conn.Observe(ctx, path, func(m *pool.Message) {
+	reg, err := conn.Observe(ctx, o.path, func(m *pool.Message) {
 		code := Code(m.Code())
 		b, err := readAll(m)
 		if err != nil {
@@ -221,18 +251,32 @@ func (c *Client) Observe(ctx context.Context, path string, fn func(Notification)
 		}
 		if !code.IsSuccess() {
 			cf, _ := m.ContentFormat()
-			first = c.responseError(code, Format(cf), b)
+			mu.Lock()
+			first = o.c.responseError(code, Format(cf), b)
+			mu.Unlock()
 			return
 		}
 		seq, _ := m.Observe()
-		fn(Notification{Seq: seq, Body: b, dec: c.dec})
+		o.fn(Notification{Seq: seq, Body: b, dec: o.c.dec})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("transport: observe %s: %w", path, err)
+		return fmt.Errorf("transport: observe %s: %w", o.path, err)
 	}
-	if first != nil {
-		obs.Cancel(ctx)
-		return nil, first
+	mu.Lock()
+	ferr := first
+	mu.Unlock()
+	if ferr != nil {
+		reg.Cancel(ctx)
+		return ferr
 	}
-	return &Observation{obs: obs}, nil
+	o.mu.Lock()
+	old := o.reg
+	o.reg = reg
+	o.mu.Unlock()
+	if old != nil {
+		// The registration it replaces is gone with its connection or
+		// session; this only releases the client's side of it.
+		old.Cancel(ctx)
+	}
+	return nil
 }

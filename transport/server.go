@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -44,7 +46,13 @@ const (
 	DefaultMaxMessageSize = 1 << 20
 	// DefaultRequestTimeout bounds one handler call.
 	DefaultRequestTimeout = 30 * time.Second
+	// DefaultMaxConnections caps a server's concurrent connections.
+	DefaultMaxConnections = 50000
 )
+
+// DefaultHandshakeRate is the handshake rate a server allows by default:
+// 500 per second, in bursts of up to 1000.
+var DefaultHandshakeRate = RateLimit{PerSecond: 500, Burst: 1000}
 
 // AuthPath is the resource where a device presents its token, once per
 // session, on a transport without client authentication.
@@ -65,6 +73,14 @@ type ServerConfig struct {
 	// RequestTimeout bounds each handler call through its context; zero
 	// means DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// MaxConnections caps concurrent connections (DTLS sessions, TCP and
+	// TLS connections, UDP peers) across all listeners; past it new ones
+	// are refused. Zero means DefaultMaxConnections.
+	MaxConnections int
+	// HandshakeRate bounds new DTLS and TLS handshakes across all
+	// listeners, the expensive part of a connection storm after an
+	// outage; the zero value means DefaultHandshakeRate.
+	HandshakeRate RateLimit
 	// RateLimit bounds requests per peer (per device once authenticated,
 	// per address before); excess requests get 4.29. The zero value means
 	// no limit.
@@ -95,6 +111,8 @@ type Server struct {
 	log     *slog.Logger
 	limiter *limiter
 	obs     observers
+	conns   atomic.Int64 // live connections
+	hs      *limiter     // handshakes, one bucket for the server
 
 	mu       sync.RWMutex
 	routes   map[string]*route
@@ -116,11 +134,18 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.HandshakeRate.PerSecond <= 0 {
+		cfg.HandshakeRate = DefaultHandshakeRate
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, routes: make(map[string]*route), limiter: newLimiter(cfg.RateLimit), tick: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, routes: make(map[string]*route), limiter: newLimiter(cfg.RateLimit),
+		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{})}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -200,7 +225,7 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := udp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *udpclient.Conn) { cc.SetContextValue(sessionKey{}, &session{}) }),
+			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, func() *session { return &session{} }) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap://" + l.LocalAddr().String(), nil
@@ -215,7 +240,7 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := dtls.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *udpclient.Conn) { cc.SetContextValue(sessionKey{}, s.dtlsSession(cc)) }),
+			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, func() *session { return s.dtlsSession(cc) }) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coaps://" + l.Addr().String(), nil
@@ -229,7 +254,7 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := tcp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *tcpclient.Conn) { cc.SetContextValue(sessionKey{}, s.tlsSession(cc)) }),
+			options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return s.tlsSession(cc) }) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coaps+tcp://" + l.Addr().String(), nil
@@ -240,7 +265,7 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := tcp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *tcpclient.Conn) { cc.SetContextValue(sessionKey{}, &session{}) }),
+			options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return &session{} }) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap+tcp://" + l.Addr().String(), nil
@@ -261,6 +286,16 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 	opts := []piondtls.ServerOption{
 		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(8)),
 		piondtls.WithLoggerFactory(silentLogs{}),
+		// Refuse a handshake before any work when over the caps.
+		piondtls.WithOnConnectionAttempt(func(net.Addr) error {
+			if s.conns.Load() >= int64(s.cfg.MaxConnections) {
+				return errTooManyConns
+			}
+			if !s.hs.allow("", time.Now()) {
+				return errHandshakeRate
+			}
+			return nil
+		}),
 		piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
 	}
 	switch auth {
@@ -358,12 +393,43 @@ func (s *Server) dtlsSession(cc *udpclient.Conn) *session {
 	return ss
 }
 
+var (
+	errTooManyConns  = errors.New("transport: connection limit reached")
+	errHandshakeRate = errors.New("transport: handshake rate limit reached")
+)
+
+// conn is what admit needs of a go-coap connection.
+type conn interface {
+	SetContextValue(key, val any)
+	AddOnClose(func())
+	Close() error
+	RemoteAddr() net.Addr
+}
+
+// admit counts a new connection against MaxConnections, closing it if
+// the server is full, and attaches its session.
+func (s *Server) admit(cc conn, sess func() *session) {
+	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.log.Warn("transport: connection refused", "peer", cc.RemoteAddr(), "err", errTooManyConns)
+		cc.Close()
+		return
+	}
+	cc.AddOnClose(func() { s.conns.Add(-1) })
+	cc.SetContextValue(sessionKey{}, sess())
+}
+
 // tlsSession completes the TLS handshake of a new connection and returns
 // its session, authenticated if the device presented its certificate.
 func (s *Server) tlsSession(cc *tcpclient.Conn) *session {
 	ss := &session{}
 	tc, ok := cc.NetConn().(*tls.Conn)
 	if !ok {
+		return ss
+	}
+	if !s.hs.allow("", time.Now()) {
+		s.log.Warn("transport: TLS connection refused", "peer", cc.RemoteAddr(), "err", errHandshakeRate)
+		cc.Close()
 		return ss
 	}
 	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.RequestTimeout)

@@ -48,7 +48,7 @@ type fixture struct {
 	dev    identity.ID
 }
 
-func newFixture(t *testing.T, scheme string, cfg ServerConfig) *fixture {
+func newFixture(t testing.TB, scheme string, cfg ServerConfig) *fixture {
 	t.Helper()
 	f := &fixture{}
 	var err error
@@ -111,7 +111,7 @@ func newFixture(t *testing.T, scheme string, cfg ServerConfig) *fixture {
 	return f
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +405,7 @@ func TestDerivePSK(t *testing.T) {
 	}
 }
 
-func mustKey(t *testing.T) crypto.Signer {
+func mustKey(t testing.TB) crypto.Signer {
 	k, err := identity.GenerateKey(identity.P256)
 	if err != nil {
 		t.Fatal(err)
@@ -437,7 +437,7 @@ type testPKI struct {
 	serverRoots *x509.CertPool
 }
 
-func newTestPKI(t *testing.T, devKey crypto.Signer) *testPKI {
+func newTestPKI(t testing.TB, devKey crypto.Signer) *testPKI {
 	t.Helper()
 	p := &testPKI{deviceRoots: x509.NewCertPool(), serverRoots: x509.NewCertPool()}
 	root, err := identity.NewRootCA(mustKey(t), "Test Manufacturer Root", nil)

@@ -196,14 +196,21 @@ func linkFormat(routes []*route) string {
 		if rt.Observable {
 			b.WriteString(";obs")
 		}
-		if len(rt.Formats) > 0 {
-			b.WriteString(";ct=")
+		switch len(rt.Formats) {
+		case 0:
+		case 1:
+			fmt.Fprintf(&b, ";ct=%d", uint16(rt.Formats[0]))
+		default:
+			// Several values are a quoted, space-separated list (RFC 7252
+			// section 7.2.1).
+			b.WriteString(`;ct="`)
 			for j, f := range rt.Formats {
 				if j > 0 {
 					b.WriteByte(' ')
 				}
 				fmt.Fprint(&b, uint16(f))
 			}
+			b.WriteByte('"')
 		}
 	}
 	return b.String()

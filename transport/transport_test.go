@@ -187,7 +187,7 @@ func TestConformance(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := `</v1/auth>;rt="sensible.auth";ct=60,</v1/forbidden>;ct=60,</v1/status>;ct=60,</v1/telemetry>;rt="sensible.telemetry";ct=60 112`
+				want := `</v1/auth>;rt="sensible.auth";ct=60,</v1/forbidden>;ct=60,</v1/status>;ct=60,</v1/telemetry>;rt="sensible.telemetry";ct="60 112"`
 				if cf != LinkFormat || string(body) != want {
 					t.Fatalf("got %d %q\nwant %d %q", cf, body, LinkFormat, want)
 				}

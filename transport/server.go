@@ -219,7 +219,7 @@ func (s *Server) Listen(address string) (string, error) {
 	ticker := options.WithPeriodicRunner(periodic.New(s.tick, time.Second))
 	switch u.Scheme {
 	case "coap":
-		l, err := coapnet.NewListenUDP("udp", u.Host)
+		l, err := listenUDP(u.Host)
 		if err != nil {
 			return "", err
 		}
@@ -449,6 +449,24 @@ func (s *Server) tlsSession(cc *tcpclient.Conn) *session {
 	return ss
 }
 
+// udpReadBuffer is the socket receive buffer a UDP listener asks for (the
+// kernel caps it at net.core.rmem_max): the default of about 200 KiB
+// overflows when hundreds of devices send at once.
+const udpReadBuffer = 4 << 20
+
+func listenUDP(host string) (*coapnet.UDPConn, error) {
+	addr, err := net.ResolveUDPAddr("udp", host)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetReadBuffer(udpReadBuffer) // best effort: the kernel may cap it
+	return coapnet.NewUDPConn("udp", c), nil
+}
+
 // serve runs fn until stop is called by Close; s.mu is held.
 func (s *Server) serve(fn func() error, stop func()) {
 	s.wg.Add(1)
@@ -538,12 +556,14 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 	}
 	ss := sessionOf(conn)
 	dev := ss.get()
-	key := dev.String()
-	if dev.IsZero() {
-		key = conn.RemoteAddr().String()
-	}
-	if !s.limiter.allow(key, time.Now()) {
-		return errorReply(Errorf(TooManyRequests, "rate limit"))
+	if s.limiter != nil {
+		key := dev.String()
+		if dev.IsZero() {
+			key = conn.RemoteAddr().String()
+		}
+		if !s.limiter.allow(key, time.Now()) {
+			return errorReply(Errorf(TooManyRequests, "rate limit"))
+		}
 	}
 	if path == wellKnownCore {
 		if method != GET {

@@ -26,6 +26,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/pkg/runner/periodic"
 	"github.com/plgd-dev/go-coap/v3/tcp"
 	tcpclient "github.com/plgd-dev/go-coap/v3/tcp/client"
+	tcpserver "github.com/plgd-dev/go-coap/v3/tcp/server"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 
@@ -252,22 +253,14 @@ func (s *Server) Listen(address string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		srv := tcp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
-			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return s.tlsSession(cc) }) }),
-		)
-		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		s.serveTCP(l, s.tlsSession, options.WithMux(m), errs, maxMsg, ticker)
 		return "coaps+tcp://" + l.Addr().String(), nil
 	case "coap+tcp":
 		l, err := coapnet.NewTCPListener("tcp", u.Host)
 		if err != nil {
 			return "", err
 		}
-		srv := tcp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
-			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return &session{} }) }),
-		)
-		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		s.serveTCP(l, func(*tcpclient.Conn) *session { return &session{} }, options.WithMux(m), errs, maxMsg, ticker)
 		return "coap+tcp://" + l.Addr().String(), nil
 	}
 	return "", fmt.Errorf("transport: unsupported scheme %q", u.Scheme)
@@ -465,6 +458,16 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 	}
 	_ = c.SetReadBuffer(udpReadBuffer) // best effort: the kernel may cap it
 	return coapnet.NewUDPConn("udp", c), nil
+}
+
+// serveTCP serves a TCP or TLS listener; sess makes each connection's
+// session (completing the TLS handshake, for TLS).
+func (s *Server) serveTCP(l tcpserver.Listener, sess func(*tcpclient.Conn) *session, opts ...tcpserver.Option) {
+	opts = append(opts,
+		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
+		options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return sess(cc) }) }))
+	srv := tcp.NewServer(opts...)
+	s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 }
 
 // serve runs fn until stop is called by Close; s.mu is held.

@@ -8,6 +8,7 @@ require (
 	github.com/pion/dtls/v3 v3.1.15
 	github.com/pion/logging v0.2.4
 	github.com/plgd-dev/go-coap/v3 v3.8.0
+	github.com/veraison/go-cose v1.3.0
 )
 
 require (

@@ -1,0 +1,292 @@
+package consent
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/big"
+	"sync"
+
+	"github.com/veraison/go-cose"
+
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/internal/codec"
+)
+
+// MaxRecordSize bounds a signed record accepted for verification.
+const MaxRecordSize = 16 << 10
+
+// recordDecoder decodes record payloads: small, flat, strict.
+var recordDecoder = func() *codec.Decoder {
+	d, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 6, MaxArray: 64, MaxMap: 16})
+	if err != nil {
+		panic(err) // fixed limits
+	}
+	return d
+}()
+
+// A Role says whose key signed a record.
+type Role uint8
+
+// Signer roles.
+const (
+	// SubjectKey is a key of the subject's own app.
+	SubjectKey Role = 1
+	// DeviceKey is the key of a device on which the subject gave consent.
+	DeviceKey Role = 2
+	// ControllerKey is a key of the controller (the product company).
+	ControllerKey Role = 3
+)
+
+// A TrustedKey is a public key allowed to sign records.
+type TrustedKey struct {
+	// KID is the key ID carried in the record's protected header.
+	KID []byte
+	// Key is an ECDSA P-256 or Ed25519 public key.
+	Key crypto.PublicKey
+	// Role says whose key it is.
+	Role Role
+	// Subject is the subject whose app or device holds the key; empty for
+	// controller keys.
+	Subject string
+}
+
+// A KeySet holds the keys trusted to sign records. It is safe for
+// concurrent use.
+type KeySet struct {
+	mu   sync.RWMutex
+	keys map[string]TrustedKey
+}
+
+// Add trusts k. A key ID may be added once.
+func (s *KeySet) Add(k TrustedKey) error {
+	if len(k.KID) == 0 {
+		return errors.New("consent: trusted key without a key ID")
+	}
+	if _, err := identity.TypeOf(k.Key); err != nil {
+		return err
+	}
+	if k.Role == 0 || k.Role > ControllerKey || (k.Role != ControllerKey && k.Subject == "") {
+		return errors.New("consent: trusted key needs a role, and a subject unless it is the controller's")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		s.keys = make(map[string]TrustedKey)
+	}
+	if _, dup := s.keys[string(k.KID)]; dup {
+		return fmt.Errorf("consent: key ID %x already trusted", k.KID)
+	}
+	s.keys[string(k.KID)] = k
+	return nil
+}
+
+// Lookup returns the trusted key with key ID kid, or ErrUnknownKey.
+func (s *KeySet) Lookup(kid []byte) (TrustedKey, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	k, ok := s.keys[string(kid)]
+	if !ok {
+		return TrustedKey{}, fmt.Errorf("%w: %x", ErrUnknownKey, kid)
+	}
+	return k, nil
+}
+
+// algorithmFor pins the COSE algorithm to a key's type.
+func algorithmFor(pub crypto.PublicKey) (cose.Algorithm, error) {
+	t, err := identity.TypeOf(pub)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrAlgorithm, err)
+	}
+	if t == identity.Ed25519 {
+		return cose.AlgorithmEdDSA, nil
+	}
+	return cose.AlgorithmES256, nil
+}
+
+// Sign checks r and returns it as a tagged COSE_Sign1 message (RFC 9052)
+// over its deterministic CBOR encoding, signed by signer (ES256 for P-256,
+// EdDSA for Ed25519; any crypto.Signer, so the key may be in hardware),
+// with the algorithm and kid in the protected header.
+func Sign(r *Record, signer crypto.Signer, kid []byte) ([]byte, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	payload, err := codec.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	alg, err := algorithmFor(signer.Public())
+	if err != nil {
+		return nil, err
+	}
+	cs, err := cose.NewSigner(alg, signer)
+	if err != nil {
+		return nil, err
+	}
+	headers := cose.Headers{Protected: cose.ProtectedHeader{
+		cose.HeaderLabelAlgorithm: alg,
+		cose.HeaderLabelKeyID:     kid,
+	}}
+	return cose.Sign1(rand.Reader, cs, headers, payload, nil)
+}
+
+// A Verified record is a record whose signature checked out, with the key
+// that signed it.
+type Verified struct {
+	Record *Record
+	Signer TrustedKey
+	// Raw is the signed message as received.
+	Raw []byte
+}
+
+// Verify checks a signed record against the trusted keys and decodes it.
+// It does not check the record's validity period (see Record.ValidAt).
+// Errors match ErrMalformed, ErrWrongTag, ErrUnknownKey, ErrAlgorithm or
+// ErrBadSignature.
+func (s *KeySet) Verify(msg []byte) (*Verified, error) {
+	payload, key, err := verifySign1(msg, nil, s.Lookup)
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := recordDecoder.Unmarshal(payload, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	return &Verified{Record: &r, Signer: key, Raw: msg}, nil
+}
+
+// verifySign1 verifies a COSE_Sign1 message, tagged (18) or untagged,
+// whose key is found by its kid; it returns the payload and the key. The
+// algorithm is pinned to the key's type; an alg header, protected or not,
+// must agree. The Sig_structure is built and checked here rather than by
+// go-cose, which requires alg in the protected header where RFC 9052 lets
+// it be unprotected; go-cose parses the message.
+func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error)) ([]byte, TrustedKey, error) {
+	if len(data) > MaxRecordSize {
+		return nil, TrustedKey{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
+	}
+	body, err := stripSign1Tag(data)
+	if err != nil {
+		return nil, TrustedKey{}, err
+	}
+	var m cose.UntaggedSign1Message
+	if err := m.UnmarshalCBOR(body); err != nil {
+		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if m.Payload == nil {
+		return nil, TrustedKey{}, fmt.Errorf("%w: detached payload", ErrMalformed)
+	}
+	kid, ok := headerBytes(m.Headers, cose.HeaderLabelKeyID)
+	if !ok {
+		return nil, TrustedKey{}, fmt.Errorf("%w: no key ID", ErrUnknownKey)
+	}
+	key, err := keys(kid)
+	if err != nil {
+		return nil, TrustedKey{}, err
+	}
+	alg, err := algorithmFor(key.Key)
+	if err != nil {
+		return nil, TrustedKey{}, err
+	}
+	for _, h := range []map[any]any{m.Headers.Protected, m.Headers.Unprotected} {
+		if v, present := h[cose.HeaderLabelAlgorithm]; present {
+			if a, ok := algValue(v); !ok || a != alg {
+				return nil, TrustedKey{}, fmt.Errorf("%w: header names %v, key needs %v", ErrAlgorithm, v, alg)
+			}
+		}
+	}
+	// RawProtected is the protected header as it came, a CBOR byte string.
+	var protected []byte
+	if len(m.Headers.RawProtected) > 0 {
+		if err := codec.Unmarshal(m.Headers.RawProtected, &protected); err != nil {
+			return nil, TrustedKey{}, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
+		}
+	}
+	if len(protected) == 1 && protected[0] == 0xa0 {
+		// An empty map means no protected header, which the
+		// Sig_structure writes as an empty byte string (RFC 9052 §4.4).
+		protected = nil
+	}
+	tbs, err := sigStructure(protected, external, m.Payload)
+	if err != nil {
+		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if !verifySig(key.Key, tbs, m.Signature) {
+		return nil, TrustedKey{}, ErrBadSignature
+	}
+	return m.Payload, key, nil
+}
+
+// algValue reads an alg header value as go-cose decoded it.
+func algValue(v any) (cose.Algorithm, bool) {
+	switch a := v.(type) {
+	case cose.Algorithm:
+		return a, true
+	case int64:
+		return cose.Algorithm(a), true
+	case int:
+		return cose.Algorithm(a), true
+	}
+	return 0, false
+}
+
+// stripSign1Tag removes a leading COSE_Sign1 tag (18); any other tag is
+// ErrWrongTag.
+func stripSign1Tag(data []byte) ([]byte, error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrMalformed)
+	}
+	switch {
+	case data[0] == 0xd2: // tag 18
+		return data[1:], nil
+	case data[0]>>5 == 6:
+		return nil, ErrWrongTag
+	}
+	return data, nil
+}
+
+// headerBytes returns a byte-string header from the protected header, or
+// failing that the unprotected one.
+func headerBytes(h cose.Headers, label int64) ([]byte, bool) {
+	for _, m := range []map[any]any{h.Protected, h.Unprotected} {
+		if v, ok := m[label].([]byte); ok {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+// sigStructure returns the ToBeSigned bytes of RFC 9052 section 4.4:
+// ["Signature1", protected, external_aad, payload].
+func sigStructure(protected, external, payload []byte) ([]byte, error) {
+	if protected == nil {
+		protected = []byte{}
+	}
+	if external == nil {
+		external = []byte{}
+	}
+	return codec.Marshal([]any{"Signature1", protected, external, payload})
+}
+
+func verifySig(pub crypto.PublicKey, tbs, sig []byte) bool {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, tbs, sig)
+	case *ecdsa.PublicKey:
+		if len(sig) != 64 {
+			return false
+		}
+		h := sha256.Sum256(tbs)
+		r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+		return ecdsa.Verify(k, h[:], r, s)
+	}
+	return false
+}

@@ -1,0 +1,170 @@
+package consent
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// SchemaVersion is the version of the record format this package writes.
+const SchemaVersion = 1
+
+// A State is what a consent event records (ISO/IEC TS 27560).
+type State uint8
+
+// Event states. Given and Renewed grant; the others end or refuse.
+const (
+	Given     State = 1
+	Renewed   State = 2
+	Withdrawn State = 3 // ended by the subject
+	Refused   State = 4 // asked and declined
+	Revoked   State = 5 // ended by the controller
+	Expired   State = 6 // ended by its validity running out, recorded
+)
+
+var stateNames = [...]string{"", "given", "renewed", "withdrawn", "refused", "revoked", "expired"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) && s != 0 {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("State(%d)", uint8(s))
+}
+
+// grants reports whether the state lets processing go on.
+func (s State) grants() bool { return s == Given || s == Renewed }
+
+// ends reports whether an event in this state ends an earlier record.
+func (s State) ends() bool { return s == Withdrawn || s == Revoked || s == Expired || s == Renewed }
+
+// An ID identifies a record: 16 random bytes.
+type ID [16]byte
+
+// NewID returns a random record ID.
+func NewID() ID {
+	var id ID
+	rand.Read(id[:])
+	return id
+}
+
+// String returns the ID in hex.
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports whether id is the zero ID.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// A Notice identifies the text the subject was shown.
+type Notice struct {
+	ID       string   `cbor:"1,keyasint"`
+	Version  uint32   `cbor:"2,keyasint"`
+	Language string   `cbor:"3,keyasint"` // BCP 47, e.g. "en-GB"
+	Hash     [32]byte `cbor:"4,keyasint"` // SHA-256 of the notice text
+}
+
+// HashText returns the notice hash of text.
+func HashText(text []byte) [32]byte { return sha256.Sum256(text) }
+
+// CheckText returns ErrNoticeHash unless text is the notice's text.
+func (n Notice) CheckText(text []byte) error {
+	if HashText(text) != n.Hash {
+		return fmt.Errorf("%w: notice %s v%d", ErrNoticeHash, n.ID, n.Version)
+	}
+	return nil
+}
+
+// A Process is one purpose of processing the subject agreed to (or
+// declined), with the data it covers and where the data may go.
+type Process struct {
+	// Purpose names the purpose, e.g. "analytics" or "pest-alerts"
+	// (W3C DPV purposes or the controller's own).
+	Purpose string `cbor:"1,keyasint"`
+	// Categories are the data categories, dotted names such as
+	// "user.sensor.camera" (in the style of fideslang).
+	Categories []string `cbor:"2,keyasint"`
+	// Recipients are the partner IDs the data may be shared with; empty
+	// means the controller only.
+	Recipients []string `cbor:"3,keyasint,omitempty"`
+	// LegalBasis is e.g. "consent" (GDPR Art. 6(1)(a)).
+	LegalBasis string `cbor:"4,keyasint"`
+	// Retention is how long the data may be kept, in seconds; 0 means
+	// only as long as the purpose needs.
+	Retention uint64 `cbor:"5,keyasint,omitempty"`
+	// Storage says where the data is kept, e.g. "eu-west" or "device".
+	Storage string `cbor:"6,keyasint,omitempty"`
+	// Withdrawal says how to withdraw, e.g. "app:settings/privacy".
+	Withdrawal string `cbor:"7,keyasint,omitempty"`
+	// Jurisdiction is e.g. "EU" or "US-CA".
+	Jurisdiction string `cbor:"8,keyasint,omitempty"`
+}
+
+// An Event is what happened, when, by whom, and for how long it holds.
+type Event struct {
+	// Time is when the event happened, in Unix seconds.
+	Time int64 `cbor:"1,keyasint"`
+	// Expires is when a granted consent lapses, in Unix seconds; 0 means
+	// it holds until withdrawn.
+	Expires int64 `cbor:"2,keyasint,omitempty"`
+	// Actor says who captured the event, e.g. "subject:app" or "device".
+	Actor string `cbor:"3,keyasint"`
+	// State is what the event records.
+	State State `cbor:"4,keyasint"`
+}
+
+// A Record is one signed consent event. Records are never edited: a
+// withdrawal, renewal or revocation is a new record that names the one it
+// ends.
+type Record struct {
+	Schema     uint32    `cbor:"1,keyasint"`
+	ID         ID        `cbor:"2,keyasint"`
+	Subject    string    `cbor:"3,keyasint"` // pseudonymous; never an email address or a name
+	Controller string    `cbor:"4,keyasint"`
+	Notice     Notice    `cbor:"5,keyasint"`
+	Processes  []Process `cbor:"6,keyasint"`
+	Devices    []string  `cbor:"7,keyasint,omitempty"` // device IDs covered; empty means all of the subject's
+	Event      Event     `cbor:"8,keyasint"`
+	Ends       *ID       `cbor:"9,keyasint,omitempty"` // the record this one ends, if any
+}
+
+// check validates the fields of a decoded or to-be-signed record.
+func (r *Record) check() error {
+	switch {
+	case r.Schema != SchemaVersion:
+		return fmt.Errorf("%w: schema %d", ErrMalformed, r.Schema)
+	case r.ID.IsZero():
+		return fmt.Errorf("%w: no record ID", ErrMalformed)
+	case r.Subject == "" || r.Controller == "":
+		return fmt.Errorf("%w: subject and controller are required", ErrMalformed)
+	case r.Notice.ID == "":
+		return fmt.Errorf("%w: no notice", ErrMalformed)
+	case len(r.Processes) == 0:
+		return fmt.Errorf("%w: no process", ErrMalformed)
+	case r.Event.State == 0 || int(r.Event.State) >= len(stateNames):
+		return fmt.Errorf("%w: unknown state %d", ErrMalformed, r.Event.State)
+	case r.Event.Time <= 0:
+		return fmt.Errorf("%w: no event time", ErrMalformed)
+	case r.Event.Expires != 0 && r.Event.Expires <= r.Event.Time:
+		return fmt.Errorf("%w: expires before its event", ErrMalformed)
+	case r.Event.State.ends() != (r.Ends != nil && !r.Ends.IsZero()):
+		return fmt.Errorf("%w: a %s event must name the record it ends, and only then", ErrMalformed, r.Event.State)
+	}
+	for _, p := range r.Processes {
+		if p.Purpose == "" || len(p.Categories) == 0 || p.LegalBasis == "" {
+			return fmt.Errorf("%w: a process needs a purpose, categories and a legal basis", ErrMalformed)
+		}
+	}
+	return nil
+}
+
+// ValidAt returns nil if the record's event has happened by t and its
+// validity has not run out, else ErrNotYetValid or ErrExpired.
+func (r *Record) ValidAt(t time.Time) error {
+	if t.Unix() < r.Event.Time {
+		return fmt.Errorf("%w: event at %s", ErrNotYetValid, time.Unix(r.Event.Time, 0).UTC().Format(time.RFC3339))
+	}
+	if r.Event.Expires != 0 && t.Unix() >= r.Event.Expires {
+		return fmt.Errorf("%w: at %s", ErrExpired, time.Unix(r.Event.Expires, 0).UTC().Format(time.RFC3339))
+	}
+	return nil
+}

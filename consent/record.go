@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -167,4 +168,34 @@ func (r *Record) ValidAt(t time.Time) error {
 		return fmt.Errorf("%w: at %s", ErrExpired, time.Unix(r.Event.Expires, 0).UTC().Format(time.RFC3339))
 	}
 	return nil
+}
+
+// Grant returns a new record of consent given at t by actor, for the
+// subject, under notice, for processes. Sign it and add it to the
+// subject's History; [Withdraw] undoes it in the same steps.
+func Grant(subject, controller string, notice Notice, processes []Process, at time.Time, actor string) *Record {
+	return &Record{
+		Schema: SchemaVersion, ID: NewID(), Subject: subject, Controller: controller,
+		Notice: notice, Processes: processes,
+		Event: Event{Time: at.Unix(), Actor: actor, State: Given},
+	}
+}
+
+// Withdraw returns a new record that withdraws of at t, by actor. It must
+// be signed by the subject's app or device key.
+func Withdraw(of *Record, at time.Time, actor string) *Record {
+	return ending(of, at, actor, Withdrawn)
+}
+
+// Revoke returns a new record by which the controller revokes of at t.
+func Revoke(of *Record, at time.Time, actor string) *Record { return ending(of, at, actor, Revoked) }
+
+func ending(of *Record, at time.Time, actor string, s State) *Record {
+	id := of.ID
+	return &Record{
+		Schema: SchemaVersion, ID: NewID(), Subject: of.Subject, Controller: of.Controller,
+		Notice: of.Notice, Processes: slices.Clone(of.Processes), Devices: slices.Clone(of.Devices),
+		Event: Event{Time: at.Unix(), Actor: actor, State: s},
+		Ends:  &id,
+	}
 }

@@ -1,0 +1,225 @@
+package consent
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A Query asks whether data may be processed now.
+type Query struct {
+	// Purpose is the purpose of processing, e.g. "analytics".
+	Purpose string
+	// Category is the data category, e.g. "device.sensor.power".
+	Category string
+	// Recipient is the partner the data would go to; empty means the
+	// controller itself.
+	Recipient string
+	// Device is the device the data comes from; empty matches any.
+	Device string
+	// At is the time of processing.
+	At time.Time
+}
+
+// A Reason says why a decision went the way it did.
+type Reason uint8
+
+// Reasons.
+const (
+	Granted       Reason = iota + 1 // a valid record covers the query
+	NoConsent                       // no record covers it
+	WithdrawnBy                     // the subject withdrew the covering consent
+	RevokedBy                       // the controller revoked it
+	RefusedBy                       // the subject refused it, after any grant
+	ExpiredRecord                   // the covering consent lapsed
+	NotYetGranted                   // the covering consent starts later
+)
+
+var reasonNames = [...]string{"", "granted", "no consent", "withdrawn", "revoked", "refused", "expired", "not yet valid"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) && r != 0 {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("Reason(%d)", uint8(r))
+}
+
+// A Decision answers a Query: allowed or not, the record that decided it
+// (zero when none did), and why.
+type Decision struct {
+	Allowed bool
+	Record  ID
+	Reason  Reason
+}
+
+// A History is one subject's verified consent events, indexed by purpose
+// for decisions. It is safe for concurrent use.
+type History struct {
+	subject string
+
+	mu      sync.RWMutex
+	records map[ID]*Verified
+	endedBy map[ID]*Verified         // record → the event that ended it
+	byKey   map[indexKey][]*Verified // events by what they cover, oldest first
+}
+
+type indexKey struct{ purpose, category string }
+
+// NewHistory returns an empty history for subject.
+func NewHistory(subject string) *History {
+	return &History{subject: subject, records: make(map[ID]*Verified), endedBy: make(map[ID]*Verified), byKey: make(map[indexKey][]*Verified)}
+}
+
+// Add records a verified event. It refuses an event for another subject,
+// one signed by a key that may not record it (a grant or withdrawal needs
+// the subject's app or device key, a revocation the controller's), and an
+// event that ends a record the history does not hold (ErrUnknownRecord).
+// Adding the same record twice is a no-op.
+func (h *History) Add(v *Verified) error {
+	r := v.Record
+	if r.Subject != h.subject {
+		return fmt.Errorf("%w: record of subject %q in the history of %q", ErrNotAllowed, r.Subject, h.subject)
+	}
+	bySubject := (v.Signer.Role == SubjectKey || v.Signer.Role == DeviceKey) && v.Signer.Subject == r.Subject
+	switch r.Event.State {
+	case Revoked:
+		if v.Signer.Role != ControllerKey {
+			return fmt.Errorf("%w: only the controller revokes", ErrNotAllowed)
+		}
+	case Expired:
+		if !bySubject && v.Signer.Role != ControllerKey {
+			return fmt.Errorf("%w: expiry recorded by a stranger", ErrNotAllowed)
+		}
+	default:
+		if !bySubject {
+			return fmt.Errorf("%w: a %s event must be signed by the subject's app or device", ErrNotAllowed, r.Event.State)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, dup := h.records[r.ID]; dup {
+		return nil
+	}
+	if r.Ends != nil {
+		ended, ok := h.records[*r.Ends]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownRecord, r.Ends)
+		}
+		if !ended.Record.Event.State.grants() {
+			return fmt.Errorf("%w: %s does not grant anything to end", ErrNotAllowed, r.Ends)
+		}
+		if prev, done := h.endedBy[*r.Ends]; !done || r.Event.Time < prev.Record.Event.Time {
+			h.endedBy[*r.Ends] = v
+		}
+	}
+	h.records[r.ID] = v
+	seen := map[indexKey]bool{}
+	for _, p := range r.Processes {
+		for _, c := range p.Categories {
+			k := indexKey{p.Purpose, c}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			list := h.byKey[k]
+			i, _ := slices.BinarySearchFunc(list, r.Event.Time, func(e *Verified, t int64) int {
+				return cmpInt(e.Record.Event.Time, t+1) // after every event at the same time
+			})
+			h.byKey[k] = slices.Insert(list, i, v)
+		}
+	}
+	return nil
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// covers reports whether a process of r covers the query's purpose,
+// category, recipient and device.
+func covers(r *Record, q *Query) bool {
+	if q.Device != "" && len(r.Devices) > 0 && !slices.Contains(r.Devices, q.Device) {
+		return false
+	}
+	for i := range r.Processes {
+		p := &r.Processes[i]
+		if p.Purpose != q.Purpose || !slices.Contains(p.Categories, q.Category) {
+			continue
+		}
+		if q.Recipient == "" || slices.Contains(p.Recipients, q.Recipient) {
+			return true
+		}
+	}
+	return false
+}
+
+// Decide answers q from the events recorded. A grant allows if it covers
+// the query, is valid at q.At and was not ended by an event at or before
+// q.At; a refusal later than every such grant denies. A record covers only
+// what it lists: consent to one notice version does not extend to a
+// purpose, category or recipient that a later version adds.
+func (h *History) Decide(q Query) Decision {
+	at := q.At.Unix()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	list := h.byKey[indexKey{q.Purpose, q.Category}]
+	// Events up to q.At, latest first: the first covering refusal or live
+	// grant decides.
+	n, _ := slices.BinarySearchFunc(list, at, func(e *Verified, t int64) int {
+		return cmpInt(e.Record.Event.Time, t+1)
+	})
+	var ended, lapsed *Verified
+	for i := n - 1; i >= 0; i-- {
+		v := list[i]
+		r := v.Record
+		switch {
+		case r.Event.State == Refused:
+			if covers(r, &q) {
+				return Decision{Record: r.ID, Reason: RefusedBy}
+			}
+		case r.Event.State.grants():
+			if !covers(r, &q) {
+				continue
+			}
+			if e, ok := h.endedBy[r.ID]; ok && e.Record.Event.Time <= at {
+				if ended == nil || e.Record.Event.Time > ended.Record.Event.Time {
+					ended = e
+				}
+				continue
+			}
+			if r.Event.Expires != 0 && at >= r.Event.Expires {
+				if lapsed == nil {
+					lapsed = v
+				}
+				continue
+			}
+			return Decision{Allowed: true, Record: r.ID, Reason: Granted}
+		}
+	}
+	switch {
+	case ended != nil:
+		reason := WithdrawnBy
+		switch ended.Record.Event.State {
+		case Revoked:
+			reason = RevokedBy
+		case Expired:
+			reason = ExpiredRecord
+		}
+		return Decision{Record: ended.Record.ID, Reason: reason}
+	case lapsed != nil:
+		return Decision{Record: lapsed.Record.ID, Reason: ExpiredRecord}
+	}
+	for _, v := range list[n:] {
+		if v.Record.Event.State.grants() && covers(v.Record, &q) {
+			return Decision{Record: v.Record.ID, Reason: NotYetGranted}
+		}
+	}
+	return Decision{Reason: NoConsent}
+}

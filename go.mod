@@ -9,6 +9,7 @@ require (
 	github.com/pion/logging v0.2.4
 	github.com/plgd-dev/go-coap/v3 v3.8.0
 	github.com/veraison/go-cose v1.3.0
+	golang.org/x/mod v0.42.0
 )
 
 require (

@@ -1,0 +1,280 @@
+package consent
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, string, string) {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, "consent.example/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, st, skey, vkey
+}
+
+func entry(i int) []byte { return []byte(fmt.Sprintf("signed record %d", i)) }
+
+func TestLogReceiptsAndConsistency(t *testing.T) {
+	ctx := context.Background()
+	l, st, _, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
+	defer st.Close()
+	var receipts []*Receipt
+	var checkpoints []*Checkpoint
+	for i := range 37 {
+		r, err := l.Append(ctx, entry(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Index != int64(i) {
+			t.Fatalf("index %d, want %d", r.Index, i)
+		}
+		receipts = append(receipts, r)
+		ck, err := OpenCheckpoint(r.Checkpoint, vkey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkpoints = append(checkpoints, ck)
+	}
+	for i, r := range receipts {
+		if err := VerifyReceipt(r, entry(i), vkey); err != nil {
+			t.Fatalf("receipt %d: %v", i, err)
+		}
+	}
+	// A receipt does not prove another record, or under another key.
+	if err := VerifyReceipt(receipts[5], entry(6), vkey); !errors.Is(err, ErrBadProof) {
+		t.Errorf("receipt for other data: %v", err)
+	}
+	_, otherVkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
+	if err := VerifyReceipt(receipts[5], entry(5), otherVkey); !errors.Is(err, ErrBadCheckpoint) {
+		t.Errorf("receipt under another log key: %v", err)
+	}
+	// An inclusion proof for a different tree size than the checkpoint's.
+	mixed := *receipts[5]
+	mixed.Checkpoint = receipts[20].Checkpoint
+	if err := VerifyReceipt(&mixed, entry(5), vkey); !errors.Is(err, ErrBadProof) {
+		t.Errorf("proof for another tree size: %v", err)
+	}
+	// Consistency between any two checkpoints.
+	for _, pair := range [][2]int{{0, 36}, {7, 8}, {15, 31}, {20, 20}} {
+		a, b := checkpoints[pair[0]], checkpoints[pair[1]]
+		p, err := l.ProveConsistency(ctx, a.Size, b.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyConsistency(a, b, p); err != nil {
+			t.Errorf("consistency %d→%d: %v", a.Size, b.Size, err)
+		}
+		if a.Size != b.Size {
+			// A proof for other sizes fails.
+			wrong, _ := l.ProveConsistency(ctx, a.Size+1, b.Size)
+			if err := VerifyConsistency(a, b, wrong); !errors.Is(err, ErrBadProof) {
+				t.Errorf("wrong consistency proof %d→%d: %v", a.Size, b.Size, err)
+			}
+		}
+	}
+	// A monitor refuses a checkpoint smaller than one it has seen.
+	m := NewMonitor(vkey)
+	if _, err := m.Update(checkpoints[30].Signed, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Update(checkpoints[10].Signed, nil); !errors.Is(err, ErrLogShrunk) {
+		t.Errorf("smaller checkpoint: %v", err)
+	}
+	p, _ := l.ProveConsistency(ctx, 31, 37)
+	if _, err := m.Update(checkpoints[36].Signed, p); err != nil {
+		t.Errorf("grown checkpoint: %v", err)
+	}
+	// A forged checkpoint: same size, another root.
+	forged := fmt.Sprintf("consent.example/log\n37\n%s\n", tlog.Hash{1}.String())
+	if _, err := OpenCheckpoint([]byte(forged), vkey); !errors.Is(err, ErrBadCheckpoint) {
+		t.Errorf("unsigned checkpoint: %v", err)
+	}
+}
+
+func TestFileLogStoreTornAppend(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "consent.log")
+	l, st, skey, vkey := newTestLog(t, path)
+	var receipts []*Receipt
+	for i := range 10 {
+		r, err := l.Append(ctx, entry(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		receipts = append(receipts, r)
+	}
+	st.Close()
+	full, _ := os.ReadFile(path)
+	last := int64(len(full)) - int64(frameHeader+len(entry(9)))
+	// Every torn write of the last frame: the log reopens with the nine
+	// entries before it intact, and every receipt for them verifies
+	// against the reopened log.
+	for cut := last; cut < int64(len(full)); cut++ {
+		p := filepath.Join(dir, fmt.Sprintf("torn-%d.log", cut))
+		if err := os.WriteFile(p, full[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st2, err := OpenFileLogStore(p)
+		if err != nil {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
+		l2, err := OpenLog(ctx, st2, skey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := st2.Size(ctx); n != 9 {
+			t.Fatalf("cut at %d: %d entries, want 9", cut, n)
+		}
+		checkLogHolds(t, l2, st2, vkey, receipts[:9])
+		// And it goes on: the next append takes index 9.
+		r, err := l2.Append(ctx, entry(99))
+		if err != nil || r.Index != 9 {
+			t.Fatalf("append after recovery: %+v, %v", r, err)
+		}
+		st2.Close()
+	}
+	// A damaged frame that is not the last is corruption, not a torn write.
+	bad := append([]byte(nil), full...)
+	bad[frameHeader+3] ^= 0xff
+	p := filepath.Join(dir, "corrupt.log")
+	os.WriteFile(p, bad, 0o600)
+	if _, err := OpenFileLogStore(p); !errors.Is(err, ErrLogCorrupt) {
+		t.Fatalf("corrupt middle frame: %v", err)
+	}
+}
+
+// checkLogHolds checks that each receipt's entry is in the log at its index
+// and that the log's checkpoint now is consistent with the receipt's.
+func checkLogHolds(t *testing.T, l *Log, st *FileLogStore, vkey string, receipts []*Receipt) {
+	t.Helper()
+	ctx := context.Background()
+	now, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range receipts {
+		data, err := st.Entry(ctx, r.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyReceipt(r, data, vkey); err != nil {
+			t.Fatalf("receipt %d: %v", r.Index, err)
+		}
+		then, _ := OpenCheckpoint(r.Checkpoint, vkey)
+		p, err := l.ProveConsistency(ctx, then.Size, now.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyConsistency(then, now, p); err != nil {
+			t.Fatalf("receipt %d's checkpoint is not in the reopened log's history: %v", r.Index, err)
+		}
+	}
+}
+
+// TestLogSurvivesKill appends in a child process, kills it with SIGKILL
+// mid-stream, reopens the log and checks every receipt the child handed
+// out.
+func TestLogSurvivesKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "consent.log")
+	skey, vkey, err := note.GenerateKey(rand.Reader, "consent.example/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLogKillChild$")
+	cmd.Env = append(os.Environ(), "SENSIBLE_LOG_CHILD="+path, "SENSIBLE_LOG_SKEY="+skey)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var receipts []*Receipt
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for sc.Scan() {
+		var r Receipt
+		if json.Unmarshal(sc.Bytes(), &r) == nil && len(r.Checkpoint) > 0 {
+			receipts = append(receipts, &r)
+		}
+		if len(receipts) == 200 || time.Now().After(deadline) {
+			cmd.Process.Signal(syscall.SIGKILL)
+			break
+		}
+	}
+	cmd.Wait()
+	if len(receipts) < 50 {
+		t.Fatalf("child handed out only %d receipts", len(receipts))
+	}
+	st, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	l, err := OpenLog(context.Background(), st, skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := st.Size(context.Background())
+	if n < int64(len(receipts)) {
+		t.Fatalf("log has %d entries after the kill, but %d receipts were handed out", n, len(receipts))
+	}
+	checkLogHolds(t, l, st, vkey, receipts)
+	t.Logf("killed after %d receipts; the log reopened with %d entries", len(receipts), n)
+}
+
+// TestLogKillChild is the child of TestLogSurvivesKill: it appends until
+// killed, printing each receipt once the append has returned.
+func TestLogKillChild(t *testing.T) {
+	path := os.Getenv("SENSIBLE_LOG_CHILD")
+	if path == "" {
+		t.Skip("runs as the child of TestLogSurvivesKill")
+	}
+	st, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, os.Getenv("SENSIBLE_LOG_SKEY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for i := 0; ; i++ {
+		r, err := l.Append(context.Background(), entry(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(r)
+		w.Write(append(b, '\n'))
+		w.Flush()
+	}
+}

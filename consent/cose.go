@@ -265,15 +265,34 @@ func headerBytes(h cose.Headers, label int64) ([]byte, bool) {
 }
 
 // sigStructure returns the ToBeSigned bytes of RFC 9052 section 4.4:
-// ["Signature1", protected, external_aad, payload].
+// ["Signature1", protected, external_aad, payload], written directly (it
+// is on every verification's path) in the deterministic encoding.
 func sigStructure(protected, external, payload []byte) ([]byte, error) {
-	if protected == nil {
-		protected = []byte{}
+	out := make([]byte, 0, 16+len(protected)+len(external)+len(payload)+27)
+	out = append(out, 0x84, 0x6a)
+	out = append(out, "Signature1"...)
+	for _, b := range [][]byte{protected, external, payload} {
+		out = appendHead(out, 2, uint64(len(b)))
+		out = append(out, b...)
 	}
-	if external == nil {
-		external = []byte{}
+	return out, nil
+}
+
+// appendHead appends a CBOR head of major type major with argument n, in
+// its shortest form.
+func appendHead(out []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(out, m|byte(n))
+	case n <= 0xff:
+		return append(out, m|24, byte(n))
+	case n <= 0xffff:
+		return append(out, m|25, byte(n>>8), byte(n))
+	case n <= 0xffffffff:
+		return append(out, m|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
-	return codec.Marshal([]any{"Signature1", protected, external, payload})
+	return append(out, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 func verifySig(pub crypto.PublicKey, tbs, sig []byte) bool {

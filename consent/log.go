@@ -233,3 +233,56 @@ func (m *Monitor) Update(signed []byte, proof []tlog.Hash) (*Checkpoint, error) 
 	m.latest = ck
 	return ck, nil
 }
+
+// A MemLogStore keeps a log in memory: for tests, benchmarks and
+// single-process demos where the log need not outlive the process.
+type MemLogStore struct {
+	mu      sync.Mutex
+	entries [][]byte
+	hashes  []tlog.Hash
+}
+
+var _ LogStore = (*MemLogStore)(nil)
+
+// Size implements LogStore.
+func (m *MemLogStore) Size(context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int64(len(m.entries)), nil
+}
+
+// Append implements LogStore.
+func (m *MemLogStore) Append(_ context.Context, n int64, data []byte, hashes []tlog.Hash) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n != int64(len(m.entries)) {
+		return fmt.Errorf("consent: append of entry %d to a log of %d", n, len(m.entries))
+	}
+	m.entries = append(m.entries, append([]byte(nil), data...))
+	m.hashes = append(m.hashes, hashes...)
+	return nil
+}
+
+// ReadHashes implements LogStore.
+func (m *MemLogStore) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]tlog.Hash, len(indexes))
+	for i, x := range indexes {
+		if x < 0 || x >= int64(len(m.hashes)) {
+			return nil, fmt.Errorf("consent: no stored hash %d", x)
+		}
+		out[i] = m.hashes[x]
+	}
+	return out, nil
+}
+
+// Entry implements LogStore.
+func (m *MemLogStore) Entry(_ context.Context, n int64) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n < 0 || n >= int64(len(m.entries)) {
+		return nil, fmt.Errorf("consent: no log entry %d", n)
+	}
+	return m.entries[n], nil
+}

@@ -234,3 +234,17 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestSigStructureMatchesCodec(t *testing.T) {
+	for _, n := range []int{0, 1, 23, 24, 255, 256, 65535, 65536} {
+		p := make([]byte, n)
+		got, _ := sigStructure([]byte{0xa1, 0x01, 0x26}, nil, p)
+		want, err := codec.Marshal([]any{"Signature1", []byte{0xa1, 0x01, 0x26}, []byte{}, p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("payload of %d bytes: Sig_structure differs from the deterministic encoding", n)
+		}
+	}
+}

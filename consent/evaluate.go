@@ -58,10 +58,11 @@ type Decision struct {
 type History struct {
 	subject string
 
-	mu      sync.RWMutex
-	records map[ID]*Verified
-	endedBy map[ID]*Verified         // record → the event that ended it
-	byKey   map[indexKey][]*Verified // events by what they cover, oldest first
+	mu       sync.RWMutex
+	records  map[ID]*Verified
+	endedBy  map[ID]*Verified         // record → the event that ended it
+	byKey    map[indexKey][]*Verified // events by what they cover, oldest first
+	receipts map[ID]*Receipt          // log receipts, for Export
 }
 
 type indexKey struct{ purpose, category string }

@@ -56,16 +56,39 @@ func (id ID) String() string { return hex.EncodeToString(id[:]) }
 // IsZero reports whether id is the zero ID.
 func (id ID) IsZero() bool { return id == ID{} }
 
+// MarshalText writes the ID in hex (for JSON; CBOR keeps the bytes).
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText reads an ID written by MarshalText.
+func (id *ID) UnmarshalText(b []byte) error { return unhex(id[:], b) }
+
+// A Digest is a SHA-256 hash, written in hex in JSON.
+type Digest [32]byte
+
+// MarshalText writes the digest in hex.
+func (d Digest) MarshalText() ([]byte, error) { return []byte(hex.EncodeToString(d[:])), nil }
+
+// UnmarshalText reads a digest written by MarshalText.
+func (d *Digest) UnmarshalText(b []byte) error { return unhex(d[:], b) }
+
+func unhex(dst, src []byte) error {
+	if hex.DecodedLen(len(src)) != len(dst) {
+		return fmt.Errorf("%w: hex of %d bytes, want %d", ErrMalformed, hex.DecodedLen(len(src)), len(dst))
+	}
+	_, err := hex.Decode(dst, src)
+	return err
+}
+
 // A Notice identifies the text the subject was shown.
 type Notice struct {
-	ID       string   `cbor:"1,keyasint"`
-	Version  uint32   `cbor:"2,keyasint"`
-	Language string   `cbor:"3,keyasint"` // BCP 47, e.g. "en-GB"
-	Hash     [32]byte `cbor:"4,keyasint"` // SHA-256 of the notice text
+	ID       string `cbor:"1,keyasint"`
+	Version  uint32 `cbor:"2,keyasint"`
+	Language string `cbor:"3,keyasint"` // BCP 47, e.g. "en-GB"
+	Hash     Digest `cbor:"4,keyasint"` // SHA-256 of the notice text
 }
 
 // HashText returns the notice hash of text.
-func HashText(text []byte) [32]byte { return sha256.Sum256(text) }
+func HashText(text []byte) Digest { return sha256.Sum256(text) }
 
 // CheckText returns ErrNoticeHash unless text is the notice's text.
 func (n Notice) CheckText(text []byte) error {

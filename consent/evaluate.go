@@ -34,9 +34,10 @@ const (
 	RefusedBy                       // the subject refused it, after any grant
 	ExpiredRecord                   // the covering consent lapsed
 	NotYetGranted                   // the covering consent starts later
+	Superseded                      // the covering consent answers a notice replaced by one needing re-consent
 )
 
-var reasonNames = [...]string{"", "granted", "no consent", "withdrawn", "revoked", "refused", "expired", "not yet valid"}
+var reasonNames = [...]string{"", "granted", "no consent", "withdrawn", "revoked", "refused", "expired", "not yet valid", "notice superseded"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) && r != 0 {
@@ -63,6 +64,7 @@ type History struct {
 	endedBy  map[ID]*Verified         // record → the event that ended it
 	byKey    map[indexKey][]*Verified // events by what they cover, oldest first
 	receipts map[ID]*Receipt          // log receipts, for Export
+	notices  *Notices                 // nil: no notice is superseded
 }
 
 type indexKey struct{ purpose, category string }
@@ -70,6 +72,14 @@ type indexKey struct{ purpose, category string }
 // NewHistory returns an empty history for subject.
 func NewHistory(subject string) *History {
 	return &History{subject: subject, records: make(map[ID]*Verified), endedBy: make(map[ID]*Verified), byKey: make(map[indexKey][]*Verified)}
+}
+
+// UseNotices makes decisions honour the controller's notice register: a
+// grant answering a superseded notice version no longer allows.
+func (h *History) UseNotices(ns *Notices) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notices = ns
 }
 
 // Add records a verified event. It refuses an event for another subject,
@@ -176,7 +186,7 @@ func (h *History) Decide(q Query) Decision {
 	n, _ := slices.BinarySearchFunc(list, at, func(e *Verified, t int64) int {
 		return cmpInt(e.Record.Event.Time, t+1)
 	})
-	var ended, lapsed *Verified
+	var ended, lapsed, superseded *Verified
 	for i := n - 1; i >= 0; i-- {
 		v := list[i]
 		r := v.Record
@@ -201,6 +211,12 @@ func (h *History) Decide(q Query) Decision {
 				}
 				continue
 			}
+			if h.notices != nil && h.notices.Check(r) != nil {
+				if superseded == nil {
+					superseded = v
+				}
+				continue
+			}
 			return Decision{Allowed: true, Record: r.ID, Reason: Granted}
 		}
 	}
@@ -216,6 +232,8 @@ func (h *History) Decide(q Query) Decision {
 		return Decision{Record: ended.Record.ID, Reason: reason}
 	case lapsed != nil:
 		return Decision{Record: lapsed.Record.ID, Reason: ExpiredRecord}
+	case superseded != nil:
+		return Decision{Record: superseded.Record.ID, Reason: Superseded}
 	}
 	for _, v := range list[n:] {
 		if v.Record.Event.State.grants() && covers(v.Record, &q) {

@@ -189,3 +189,43 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 }
+
+func TestNoticeSuperseded(t *testing.T) {
+	w := newWorld(t)
+	ns := &Notices{}
+	ns.Publish(energy, true)
+	w.h.UseNotices(ns)
+	g := Grant("subj-7f3a", "acme", energy, pests, t0, "subject:app")
+	must(t, w.add(t, g, w.k.app, "app-1"))
+	q := Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", At: t0.Add(time.Hour)}
+	if d := w.h.Decide(q); !d.Allowed {
+		t.Fatalf("before v4: %+v", d)
+	}
+	// A wording fix keeps consent; new terms need it again.
+	fix := energy
+	fix.Version, fix.Hash = 4, HashText([]byte("typo fixed"))
+	ns.Publish(fix, false)
+	if d := w.h.Decide(q); !d.Allowed {
+		t.Fatalf("after a wording fix: %+v", d)
+	}
+	terms := energy
+	terms.Version, terms.Hash = 5, HashText([]byte("new terms"))
+	ns.Publish(terms, true)
+	if d := w.h.Decide(q); d.Allowed || d.Reason != Superseded || d.Record != g.ID {
+		t.Fatalf("after new terms: %+v", d)
+	}
+	if err := ns.Check(g); !errors.Is(err, ErrNoticeSuperseded) {
+		t.Fatalf("Check: %v", err)
+	}
+	forged := *g
+	forged.Notice.Hash = HashText([]byte("a friendlier text"))
+	if err := ns.Check(&forged); !errors.Is(err, ErrNoticeHash) {
+		t.Fatalf("a record naming a published version with another text: %v", err)
+	}
+	g5 := Grant("subj-7f3a", "acme", terms, pests, t0.Add(2*time.Hour), "subject:app")
+	must(t, w.add(t, g5, w.k.app, "app-1"))
+	q.At = t0.Add(3 * time.Hour)
+	if d := w.h.Decide(q); !d.Allowed || d.Record != g5.ID {
+		t.Fatalf("after consenting to v5: %+v", d)
+	}
+}

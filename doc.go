@@ -17,15 +17,19 @@
 //     live in a secure element), self-certifying device IDs, the
 //     manufacturer's certificate chain (root → intermediate → device), and
 //     short-lived device-signed tokens with replay protection.
+//   - [github.com/sensible-iot/sensible/transport]: CoAP over UDP, DTLS,
+//     TCP and TLS behind one server and one client, with devices
+//     authenticated by PSK, certificate chain or token.
+//   - [github.com/sensible-iot/sensible/consent]: signed consent records,
+//     decisions over a subject's events, and the tamper-evident consent
+//     log with receipts and proofs.
 //   - internal/codec (not importable): the one CBOR codec, with RFC 8949
 //     deterministic encoding for everything signed or hashed and strict,
 //     bounded decoding for everything from the network or a file.
 //
-// The transport (package transport), consent records and the consent log
-// (package consent), the data manifest (package consent/policy), the
-// device agent (package device) and the cloud services (package cloud)
-// follow the same layout as they land; until then the path below is the
-// design they implement.
+// The data manifest (package consent/policy), the device agent (package
+// device) and the cloud services (package cloud) follow the same layout as
+// they land; until then the path below is the design they implement.
 //
 // # One reading, from device to cloud to partner
 //

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"sync"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 
 	"github.com/sensible-iot/sensible/device/identity"
@@ -163,12 +164,40 @@ func (s *KeySet) Verify(msg []byte) (*Verified, error) {
 	return &Verified{Record: &r, Signer: key, Raw: msg}, nil
 }
 
+// sign1 is a COSE_Sign1 message (RFC 9052 section 4.2) as decoded by our
+// strict codec: go-cose decodes with the CBOR library's default limits,
+// and network input is decoded with ours.
+type sign1 struct {
+	_           struct{} `cbor:",toarray"`
+	Protected   []byte
+	Unprotected map[int64]cbor.RawMessage
+	Payload     []byte
+	Signature   []byte
+}
+
+// coseDecoder decodes COSE_Sign1 messages and their headers.
+var coseDecoder = func() *codec.Decoder {
+	d, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 4, MaxArray: 16, MaxMap: 16})
+	if err != nil {
+		panic(err) // fixed limits
+	}
+	return d
+}()
+
+// COSE header labels used here (RFC 9052 section 3.1).
+const (
+	labelAlg  = 1
+	labelCrit = 2
+	labelKID  = 4
+)
+
 // verifySign1 verifies a COSE_Sign1 message, tagged (18) or untagged,
 // whose key is found by its kid; it returns the payload and the key. The
 // algorithm is pinned to the key's type; an alg header, protected or not,
-// must agree. The Sig_structure is built and checked here rather than by
-// go-cose, which requires alg in the protected header where RFC 9052 lets
-// it be unprotected; go-cose parses the message.
+// must agree. Header labels must be integers, and no critical header is
+// understood. The message is parsed and the Sig_structure checked here:
+// go-cose, which signs our records, also requires alg in the protected
+// header where RFC 9052 lets it be unprotected.
 func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error)) ([]byte, TrustedKey, error) {
 	if len(data) > MaxRecordSize {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
@@ -177,15 +206,33 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 	if err != nil {
 		return nil, TrustedKey{}, err
 	}
-	var m cose.UntaggedSign1Message
-	if err := m.UnmarshalCBOR(body); err != nil {
+	var m sign1
+	if err := coseDecoder.Unmarshal(body, &m); err != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if m.Payload == nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: detached payload", ErrMalformed)
 	}
-	kid, ok := headerBytes(m.Headers, cose.HeaderLabelKeyID)
+	protected := map[int64]cbor.RawMessage{}
+	if len(m.Protected) > 0 {
+		if err := coseDecoder.Unmarshal(m.Protected, &protected); err != nil {
+			return nil, TrustedKey{}, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
+		}
+	}
+	for label := range protected {
+		if _, dup := m.Unprotected[label]; dup {
+			return nil, TrustedKey{}, fmt.Errorf("%w: header %d both protected and not", ErrMalformed, label)
+		}
+	}
+	if _, crit := protected[labelCrit]; crit {
+		return nil, TrustedKey{}, fmt.Errorf("%w: critical headers are not supported", ErrMalformed)
+	}
+	var kid []byte
+	raw, ok := protected[labelKID]
 	if !ok {
+		raw, ok = m.Unprotected[labelKID]
+	}
+	if !ok || coseDecoder.Unmarshal(raw, &kid) != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: no key ID", ErrUnknownKey)
 	}
 	key, err := keys(kid)
@@ -196,26 +243,22 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 	if err != nil {
 		return nil, TrustedKey{}, err
 	}
-	for _, h := range []map[any]any{m.Headers.Protected, m.Headers.Unprotected} {
-		if v, present := h[cose.HeaderLabelAlgorithm]; present {
-			if a, ok := algValue(v); !ok || a != alg {
-				return nil, TrustedKey{}, fmt.Errorf("%w: header names %v, key needs %v", ErrAlgorithm, v, alg)
+	for _, h := range []map[int64]cbor.RawMessage{protected, m.Unprotected} {
+		if v, present := h[labelAlg]; present {
+			var a int64
+			if coseDecoder.Unmarshal(v, &a) != nil || cose.Algorithm(a) != alg {
+				return nil, TrustedKey{}, fmt.Errorf("%w: header names %x, key needs %v", ErrAlgorithm, []byte(v), alg)
 			}
 		}
 	}
-	// RawProtected is the protected header as it came, a CBOR byte string.
-	var protected []byte
-	if len(m.Headers.RawProtected) > 0 {
-		if err := codec.Unmarshal(m.Headers.RawProtected, &protected); err != nil {
-			return nil, TrustedKey{}, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
-		}
+	prot := m.Protected
+	if len(protected) == 0 {
+		// No protected header parameters: the Sig_structure has an empty
+		// byte string, whatever empty map the message carried (RFC 9052
+		// section 4.4).
+		prot = nil
 	}
-	if len(protected) == 1 && protected[0] == 0xa0 {
-		// An empty map means no protected header, which the
-		// Sig_structure writes as an empty byte string (RFC 9052 §4.4).
-		protected = nil
-	}
-	tbs, err := sigStructure(protected, external, m.Payload)
+	tbs, err := sigStructure(prot, external, m.Payload)
 	if err != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
@@ -223,19 +266,6 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 		return nil, TrustedKey{}, ErrBadSignature
 	}
 	return m.Payload, key, nil
-}
-
-// algValue reads an alg header value as go-cose decoded it.
-func algValue(v any) (cose.Algorithm, bool) {
-	switch a := v.(type) {
-	case cose.Algorithm:
-		return a, true
-	case int64:
-		return cose.Algorithm(a), true
-	case int:
-		return cose.Algorithm(a), true
-	}
-	return 0, false
 }
 
 // stripSign1Tag removes a leading COSE_Sign1 tag (18); any other tag is
@@ -251,17 +281,6 @@ func stripSign1Tag(data []byte) ([]byte, error) {
 		return nil, ErrWrongTag
 	}
 	return data, nil
-}
-
-// headerBytes returns a byte-string header from the protected header, or
-// failing that the unprotected one.
-func headerBytes(h cose.Headers, label int64) ([]byte, bool) {
-	for _, m := range []map[any]any{h.Protected, h.Unprotected} {
-		if v, ok := m[label].([]byte); ok {
-			return v, true
-		}
-	}
-	return nil, false
 }
 
 // sigStructure returns the ToBeSigned bytes of RFC 9052 section 4.4:

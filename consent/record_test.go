@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 
 	"github.com/sensible-iot/sensible/device/identity"
@@ -246,5 +247,50 @@ func TestSigStructureMatchesCodec(t *testing.T) {
 		if string(got) != string(want) {
 			t.Fatalf("payload of %d bytes: Sig_structure differs from the deterministic encoding", n)
 		}
+	}
+}
+
+func TestVerifyStrictHeaders(t *testing.T) {
+	k := newKeyring(t, identity.P256)
+	payload, _ := codec.Marshal(testRecord())
+	cs, _ := cose.NewSigner(cose.AlgorithmES256, k.app)
+	sign := func(h cose.Headers) []byte {
+		t.Helper()
+		msg, err := cose.Sign1(rand.Reader, cs, h, payload, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg
+	}
+	good := sign(cose.Headers{Protected: cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES256, cose.HeaderLabelKeyID: []byte("app-1")}})
+	if _, err := k.set.Verify(good); err != nil {
+		t.Fatal(err)
+	}
+	// A header parameter in both buckets.
+	var m sign1
+	if err := coseDecoder.Unmarshal(good[1:], &m); err != nil {
+		t.Fatal(err)
+	}
+	kid, _ := codec.Marshal([]byte("ctrl-1"))
+	m.Unprotected = map[int64]cbor.RawMessage{labelKID: kid}
+	both, err := codec.Marshal(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both = append([]byte{0xd2}, both...)
+	if _, err := k.set.Verify(both); !errors.Is(err, ErrMalformed) {
+		t.Errorf("kid both protected and unprotected: %v", err)
+	}
+	// A critical header this verifier does not understand.
+	crit := sign(cose.Headers{Protected: cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES256,
+		cose.HeaderLabelKeyID: []byte("app-1"), cose.HeaderLabelCritical: []any{int64(99)}, int64(99): "x"}})
+	if _, err := k.set.Verify(crit); !errors.Is(err, ErrMalformed) {
+		t.Errorf("critical header: %v", err)
+	}
+	// A text header label.
+	text := sign(cose.Headers{Protected: cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES256,
+		cose.HeaderLabelKeyID: []byte("app-1"), "note": "x"}})
+	if _, err := k.set.Verify(text); !errors.Is(err, ErrMalformed) {
+		t.Errorf("text header label: %v", err)
 	}
 }

@@ -77,10 +77,16 @@ func Example() {
 	d := history.Decide(q)
 	fmt.Println("share after withdrawal:", d.Allowed, d.Reason)
 
-	// Both events are in the log, and the log only grew between the two
-	// checkpoints.
+	// Both events are in the log as of the latest checkpoint, and the log
+	// only grew between the two checkpoints.
 	older, _ := consent.OpenCheckpoint(first.Checkpoint, vkey)
 	newer, _ := consent.OpenCheckpoint(second.Checkpoint, vkey)
+	for _, r := range []*consent.Receipt{first, second} {
+		proof, _ := log.Prove(ctx, r.Index, newer.Size)
+		entry, _ := store.Entry(ctx, r.Index)
+		now := &consent.Receipt{Index: r.Index, Proof: proof, Checkpoint: second.Checkpoint}
+		fmt.Printf("event %d in the log of %d: %v\n", r.Index, newer.Size, consent.VerifyReceipt(now, entry, vkey) == nil)
+	}
 	proof, _ := log.ProveConsistency(ctx, older.Size, newer.Size)
 	fmt.Println("log grew from", older.Size, "to", newer.Size, "consistently:", consent.VerifyConsistency(older, newer, proof) == nil)
 	// Output:
@@ -89,5 +95,7 @@ func Example() {
 	// share with pestco: granted
 	// withdrawn: logged at index 1
 	// share after withdrawal: false withdrawn
+	// event 0 in the log of 2: true
+	// event 1 in the log of 2: true
 	// log grew from 1 to 2 consistently: true
 }

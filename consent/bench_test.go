@@ -38,7 +38,7 @@ func BenchmarkRecordVerify(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				t0 := time.Now()
-				if !verifySig(pub, tbs, m.Signature) {
+				if !identity.VerifySignature(pub, tbs, m.Signature) {
 					b.Fatal("raw verify failed")
 				}
 				t1 := time.Now()

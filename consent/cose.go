@@ -2,13 +2,9 @@ package consent
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math/big"
 	"sync"
 
 	"github.com/fxamacker/cbor/v2"
@@ -262,7 +258,7 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 	if err != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if !verifySig(key.Key, tbs, m.Signature) {
+	if !identity.VerifySignature(key.Key, tbs, m.Signature) {
 		return nil, TrustedKey{}, ErrBadSignature
 	}
 	return m.Payload, key, nil
@@ -312,19 +308,4 @@ func appendHead(out []byte, major byte, n uint64) []byte {
 		return append(out, m|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
 	return append(out, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-}
-
-func verifySig(pub crypto.PublicKey, tbs, sig []byte) bool {
-	switch k := pub.(type) {
-	case ed25519.PublicKey:
-		return ed25519.Verify(k, tbs, sig)
-	case *ecdsa.PublicKey:
-		if len(sig) != 64 {
-			return false
-		}
-		h := sha256.Sum256(tbs)
-		r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-		return ecdsa.Verify(k, h[:], r, s)
-	}
-	return false
 }

@@ -117,14 +117,7 @@ func (s *FileLogStore) reader() tlog.HashReader {
 }
 
 func (s *FileLogStore) read(indexes []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(indexes))
-	for i, x := range indexes {
-		if x < 0 || x >= int64(len(s.hashes)) {
-			return nil, fmt.Errorf("consent: no stored hash %d", x)
-		}
-		out[i] = s.hashes[x]
-	}
-	return out, nil
+	return readHashes(s.hashes, indexes)
 }
 
 // Size implements LogStore.

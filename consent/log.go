@@ -267,12 +267,17 @@ func (m *MemLogStore) Append(_ context.Context, n int64, data []byte, hashes []t
 func (m *MemLogStore) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return readHashes(m.hashes, indexes)
+}
+
+// readHashes returns hashes[i] for each index, as LogStore.ReadHashes.
+func readHashes(hashes []tlog.Hash, indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
-		if x < 0 || x >= int64(len(m.hashes)) {
+		if x < 0 || x >= int64(len(hashes)) {
 			return nil, fmt.Errorf("consent: no stored hash %d", x)
 		}
-		out[i] = m.hashes[x]
+		out[i] = hashes[x]
 	}
 	return out, nil
 }

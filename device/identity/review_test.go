@@ -220,3 +220,35 @@ func TestASN1Signature(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifySignature(t *testing.T) {
+	msg := []byte("Signature1 payload")
+	for _, kt := range []KeyType{P256, Ed25519} {
+		k := mustKey(t, kt)
+		sig, err := signJWS(k, kt, string(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !VerifySignature(k.Public(), msg, sig) {
+			t.Fatalf("%v: valid signature refused", kt)
+		}
+		bad := append([]byte(nil), sig...)
+		bad[5] ^= 1
+		for name, c := range map[string]struct {
+			pub crypto.PublicKey
+			sig []byte
+		}{
+			"flipped bit":  {k.Public(), bad},
+			"short":        {k.Public(), sig[:63]},
+			"long":         {k.Public(), append(sig, 0)},
+			"other key":    {mustKey(t, kt).Public(), sig},
+			"nil key":      {nil, sig},
+			"incomplete":   {&ecdsa.PublicKey{Curve: elliptic.P256()}, sig},
+			"RSA-ish type": {"not a key", sig},
+		} {
+			if VerifySignature(c.pub, msg, c.sig) {
+				t.Errorf("%v: %s verified", kt, name)
+			}
+		}
+	}
+}

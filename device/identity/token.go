@@ -298,22 +298,36 @@ func (v *TokenVerifier) Verify(ctx context.Context, token string) (*TokenClaims,
 	return v.checkClaims(c, dev)
 }
 
-// verifyJWS checks a JWS signature. ES256 is verified here, with the
-// fixed-size r||s signature put into ASN.1 form for ecdsa.VerifyASN1:
-// the JWT library's ES256 goes through math/big and re-encodes the same
-// signature, which costs as much as all of Verify's own checks. EdDSA uses
-// the library, which calls crypto/ed25519 directly.
+// verifyJWS checks a JWS signature: ES256 with VerifySignature, EdDSA
+// with the JWT library, which calls crypto/ed25519 directly.
 func verifyJWS(kt KeyType, pub crypto.PublicKey, input string, sig []byte, method jwt.SigningMethod) bool {
 	if kt != P256 {
 		return method.Verify(input, sig, pub) == nil
 	}
-	k, ok := pub.(*ecdsa.PublicKey)
-	if !ok || len(sig) != 64 {
-		return false
+	return VerifySignature(pub, []byte(input), sig)
+}
+
+// VerifySignature checks a signature in the fixed-size form JOSE (ES256,
+// EdDSA) and COSE (-7, -8) use: for a P-256 key, the 64-byte r||s ECDSA
+// signature over SHA-256 of msg; for an Ed25519 key, the 64-byte Ed25519
+// signature of msg. Other keys never verify.
+//
+// For P-256 the signature is put into ASN.1 form for ecdsa.VerifyASN1: the
+// math/big path the JWT library takes re-encodes the same signature and
+// costs as much as all of a token's own checks.
+func VerifySignature(pub crypto.PublicKey, msg, sig []byte) bool {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return len(k) == ed25519.PublicKeySize && ed25519.Verify(k, msg, sig)
+	case *ecdsa.PublicKey:
+		if _, err := TypeOf(k); err != nil || len(sig) != 64 {
+			return false
+		}
+		var buf [72]byte
+		digest := sha256.Sum256(msg)
+		return ecdsa.VerifyASN1(k, digest[:], asn1Signature(buf[:0], sig[:32], sig[32:]))
 	}
-	var buf [72]byte
-	digest := sha256.Sum256([]byte(input))
-	return ecdsa.VerifyASN1(k, digest[:], asn1Signature(buf[:0], sig[:32], sig[32:]))
+	return false
 }
 
 // asn1Signature appends the DER ECDSA-Sig-Value SEQUENCE { r, s } for the

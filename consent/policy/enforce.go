@@ -1,0 +1,286 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"time"
+)
+
+// Violations. A *Violation matches one of these with errors.Is; its text
+// is fit for an audit log.
+var (
+	ErrUndeclaredStream = errors.New("policy: stream not declared")
+	ErrUndeclaredField  = errors.New("policy: field not declared")
+	ErrDropped          = errors.New("policy: field is never sent")
+	ErrDestination      = errors.New("policy: destination not declared")
+	ErrPrecision        = errors.New("policy: value finer than its transform allows")
+	ErrValue            = errors.New("policy: value of the wrong type")
+)
+
+// A Violation says which stream and field broke the manifest, and how.
+type Violation struct {
+	Stream, Field string
+	Err           error // one of the Err variables
+	Detail        string
+}
+
+func (v *Violation) Error() string {
+	s := fmt.Sprintf("%v: stream %q", v.Err, v.Stream)
+	if v.Field != "" {
+		s += fmt.Sprintf(" field %q", v.Field)
+	}
+	if v.Detail != "" {
+		s += ": " + v.Detail
+	}
+	return s
+}
+
+// Unwrap returns the kind of violation.
+func (v *Violation) Unwrap() error { return v.Err }
+
+// A Reading is one record of a stream: field name to value. Values are
+// float64 or int64 (number, integer), string, bool, time.Time
+// (timestamp) and Point (location).
+type Reading map[string]any
+
+// An Output is what may leave the device for one reading.
+type Output struct {
+	Stream string
+	// Fields holds the transformed fields; dropped and undeclared fields
+	// are absent.
+	Fields Reading
+	// Destinations are where the output may go (consent permitting).
+	Destinations []Destination
+}
+
+// An Enforcer applies one manifest on one device. It is safe for
+// concurrent use.
+type Enforcer struct {
+	m      *Manifest
+	pseudo pseudonymizer
+}
+
+// NewEnforcer returns an enforcer of m for device, whose pseudonyms are
+// keyed from secret (the device's own secret: pseudonyms from different
+// devices cannot be linked).
+func NewEnforcer(m *Manifest, device string, secret []byte) (*Enforcer, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	if len(secret) < 16 {
+		return nil, errors.New("policy: pseudonym secret shorter than 16 bytes")
+	}
+	return &Enforcer{m: m, pseudo: pseudonymizer{secret: secret, device: device}}, nil
+}
+
+// Apply decides what of reading may leave the device on stream. It returns
+// nil (and no error) when nothing may: the stream is device-only, or every
+// field is dropped. Undeclared fields are left out; an undeclared stream is
+// an error. A stream with an Aggregate is not sent reading by reading:
+// use an Aggregator.
+func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
+	s, ok := e.m.Stream(stream)
+	if !ok {
+		return nil, &Violation{Stream: stream, Err: ErrUndeclaredStream}
+	}
+	if len(s.Destinations) == 0 {
+		return nil, nil
+	}
+	out := make(Reading, len(s.Fields))
+	for i := range s.Fields {
+		f := &s.Fields[i]
+		v, ok := r[f.Name]
+		if !ok {
+			continue
+		}
+		tv, keep, err := e.transform(s, f, v)
+		if err != nil {
+			return nil, err
+		}
+		if keep {
+			out[f.Name] = tv
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return &Output{Stream: stream, Fields: out, Destinations: s.Destinations}, nil
+}
+
+// transform runs a field's transform chain.
+func (e *Enforcer) transform(s *Stream, f *Field, v any) (any, bool, error) {
+	if err := checkType(v, f.Type); err != nil {
+		return nil, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
+	}
+	pseudo := func(keyID, str string) string {
+		return e.pseudo.pseudonym(e.pseudo.key(s.Name, keyID), keyID, str)
+	}
+	typ := f.Type
+	for t := &f.Transform; t != nil; t = t.Then {
+		nv, drop, err := t.apply(v, typ, pseudo)
+		if err != nil {
+			return nil, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
+		}
+		if drop {
+			return nil, false, nil
+		}
+		v = nv
+		if t.Op == "bucketize" {
+			typ = Integer
+		}
+	}
+	return v, true, nil
+}
+
+func checkType(v any, t Type) error {
+	ok := false
+	switch t {
+	case Number:
+		_, err := num(v)
+		ok = err == nil
+	case Integer:
+		switch v.(type) {
+		case int64, int, uint64:
+			ok = true
+		}
+	case String:
+		_, ok = v.(string)
+	case Bool:
+		_, ok = v.(bool)
+	case Timestamp:
+		_, ok = v.(time.Time)
+	case Location:
+		var p Point
+		p, ok = v.(Point)
+		ok = ok && p.Lat >= -90 && p.Lat <= 90 && p.Lon >= -180 && p.Lon <= 180
+	}
+	if !ok {
+		return fmt.Errorf("%T is not a %s", v, t)
+	}
+	return nil
+}
+
+var pseudonymForm = regexp.MustCompile(`^[^:]+:[0-9a-f]{32}$`)
+
+// Check is the cloud's check of what a device sent to dest on stream
+// under this manifest: the same rules as Apply, from the other side. A
+// field that should not be there, a value finer than its transform allows
+// (an unrounded number, a precise location) or an undeclared destination
+// is a *Violation.
+func (m *Manifest) Check(stream string, dest Destination, fields Reading) error {
+	s, ok := m.Stream(stream)
+	if !ok {
+		return &Violation{Stream: stream, Err: ErrUndeclaredStream}
+	}
+	declared := false
+	for _, d := range s.Destinations {
+		if d.To == dest.To && d.Partner == dest.Partner {
+			declared = true
+		}
+	}
+	if !declared {
+		return &Violation{Stream: stream, Err: ErrDestination, Detail: fmt.Sprintf("%s %s", dest.To, dest.Partner)}
+	}
+	for name, v := range fields {
+		i := -1
+		for j := range s.Fields {
+			if s.Fields[j].Name == name {
+				i = j
+			}
+		}
+		if i < 0 {
+			return &Violation{Stream: stream, Field: name, Err: ErrUndeclaredField}
+		}
+		if err := checkField(s, &s.Fields[i], v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkField checks a received value against its field's transform chain.
+// The transforms are idempotent except bucketize and pseudonymize, so a
+// value passes when applying the chain again leaves it unchanged; a bucket
+// must be an index in range and a pseudonym must have a pseudonym's form.
+func checkField(s *Stream, f *Field, v any) error {
+	viol := func(err error, format string, args ...any) error {
+		return &Violation{Stream: s.Name, Field: f.Name, Err: err, Detail: fmt.Sprintf(format, args...)}
+	}
+	typ := f.Type
+	for t := &f.Transform; t != nil; t = t.Then {
+		switch t.Op {
+		case "drop":
+			return viol(ErrDropped, "")
+		case "bucketize":
+			x, ok := v.(int64)
+			if !ok || x < 0 || x > int64(len(t.Bounds)) {
+				return viol(ErrPrecision, "want a bucket index from 0 to %d, got %v", len(t.Bounds), v)
+			}
+			return nil
+		case "pseudonymize":
+			str, ok := v.(string)
+			if !ok || !pseudonymForm.MatchString(str) || str[:len(t.KeyID)+1] != t.KeyID+":" {
+				return viol(ErrPrecision, "not a pseudonym under key %s", t.KeyID)
+			}
+			return nil
+		case "coarsen_location":
+			if t.Geohash > 0 {
+				str, ok := v.(string)
+				if !ok || len(str) != t.Geohash || !isGeohash(str) {
+					return viol(ErrPrecision, "want a geohash of %d characters", t.Geohash)
+				}
+				return nil
+			}
+		}
+	}
+	if err := checkType(v, typ); err != nil {
+		return viol(ErrValue, "%v", err)
+	}
+	again := v
+	for t := &f.Transform; t != nil; t = t.Then {
+		nv, _, err := t.apply(again, typ, nil)
+		if err != nil {
+			return viol(ErrValue, "%v", err)
+		}
+		again = nv
+	}
+	if !sameValue(again, v) {
+		return viol(ErrPrecision, "%v is finer than %s allows", v, f.Transform.Op)
+	}
+	return nil
+}
+
+func sameValue(a, b any) bool {
+	switch x := a.(type) {
+	case float64:
+		y, ok := b.(float64)
+		return ok && (x == y || math.Abs(x-y) <= 1e-9*math.Max(1, math.Abs(x)))
+	case Point:
+		y, ok := b.(Point)
+		return ok && sameValue(x.Lat, y.Lat) && sameValue(x.Lon, y.Lon)
+	case time.Time:
+		y, ok := b.(time.Time)
+		return ok && x.Equal(y)
+	}
+	return a == b
+}
+
+func isGeohash(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !containsByte(geohashAlphabet, s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func containsByte(s string, c byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,122 @@
+package policy
+
+import (
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+var secret = []byte("device secret of 16+ bytes")
+
+func TestApplyAircon(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	e, err := NewEnforcer(m, "X9ZZGH47RJ5KVKZ0HXNY27NN98X", secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The camera frame never leaves: device only, and dropped.
+	if out, err := e.Apply("camera-frame", Reading{"frame": "JPEG..."}); out != nil || err != nil {
+		t.Fatalf("camera frame: %+v, %v", out, err)
+	}
+	ts := time.Date(2026, 11, 23, 14, 37, 12, 0, time.UTC)
+	out, err := e.Apply("power", Reading{"ts": ts, "watts": 1234.5, "serial": "SN-0042", "wifi_ssid": "home"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := out.Fields
+	if f["watts"] != 1230.0 || !f["ts"].(time.Time).Equal(time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)) {
+		t.Fatalf("power output %+v", f)
+	}
+	if _, leaked := f["wifi_ssid"]; leaked {
+		t.Fatal("an undeclared field left the device")
+	}
+	p := f["serial"].(string)
+	if !strings.HasPrefix(p, "k1:") || strings.Contains(p, "0042") {
+		t.Fatalf("pseudonym %q", p)
+	}
+	// Stable per device, different across devices.
+	out2, _ := e.Apply("power", Reading{"serial": "SN-0042"})
+	e2, _ := NewEnforcer(m, "another device", secret)
+	out3, _ := e2.Apply("power", Reading{"serial": "SN-0042"})
+	if out2.Fields["serial"] != p || out3.Fields["serial"] == p {
+		t.Fatal("pseudonyms are not stable per device and distinct across devices")
+	}
+	// The cloud accepts the honest output.
+	if err := m.Check("power", Destination{To: "cloud"}, out.Fields); err != nil {
+		t.Fatalf("cloud refused honest output: %v", err)
+	}
+	if _, err := e.Apply("microphone", Reading{"pcm": "..."}); !errors.Is(err, ErrUndeclaredStream) {
+		t.Fatalf("undeclared stream: %v", err)
+	}
+	if _, err := e.Apply("power", Reading{"watts": "a lot"}); !errors.Is(err, ErrValue) {
+		t.Fatalf("wrong value type: %v", err)
+	}
+}
+
+func TestCheckRefusesTampering(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	hour := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+	cloud := Destination{To: "cloud"}
+	for _, c := range []struct {
+		name   string
+		stream string
+		dest   Destination
+		fields Reading
+		want   error
+	}{
+		{"unrounded number", "power", cloud, Reading{"watts": 1234.5}, ErrPrecision},
+		{"precise timestamp", "power", cloud, Reading{"ts": hour.Add(37 * time.Minute)}, ErrPrecision},
+		{"raw serial", "power", cloud, Reading{"serial": "SN-0042"}, ErrPrecision},
+		{"pseudonym under another key", "power", cloud, Reading{"serial": "k0:0123456789abcdef0123456789abcdef"}, ErrPrecision},
+		{"undeclared field", "power", cloud, Reading{"wifi_ssid": "home"}, ErrUndeclaredField},
+		{"device-only stream", "camera-frame", cloud, Reading{"frame": "JPEG"}, ErrDestination},
+		{"undeclared partner", "power", Destination{To: "partner", Partner: "gridco"}, Reading{"watts": 1230.0}, ErrDestination},
+		{"undeclared stream", "microphone", cloud, Reading{}, ErrUndeclaredStream},
+		{"wrong type", "power", cloud, Reading{"watts": "1230"}, ErrValue},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := m.Check(c.stream, c.dest, c.fields)
+			var v *Violation
+			if !errors.Is(err, c.want) || !errors.As(err, &v) {
+				t.Fatalf("Check = %v, want %v", err, c.want)
+			}
+		})
+	}
+}
+
+// TestPropertyApplyThenCheck runs many random readings through the
+// manifest: nothing undeclared or device-only leaves, the cloud accepts
+// every honest output, and nudging any numeric value off its grid is
+// refused.
+func TestPropertyApplyThenCheck(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	e, _ := NewEnforcer(m, "dev", secret)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 5000; i++ {
+		r := Reading{
+			"ts":     time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).UTC(),
+			"watts":  rng.Float64() * 5000,
+			"serial": string(rune('A'+rng.IntN(26))) + "-" + string(rune('0'+rng.IntN(10))),
+			"extra":  rng.Float64(),
+		}
+		out, err := e.Apply("power", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range out.Fields {
+			if _, ok := map[string]bool{"ts": true, "watts": true, "serial": true}[k]; !ok {
+				t.Fatalf("field %q left the device", k)
+			}
+		}
+		if err := m.Check("power", Destination{To: "cloud"}, out.Fields); err != nil {
+			t.Fatalf("honest output refused: %v (%+v)", err, out.Fields)
+		}
+		w := out.Fields["watts"].(float64)
+		nudged := Reading{"watts": w + 0.5 + rng.Float64()*8}
+		if err := m.Check("power", Destination{To: "cloud"}, nudged); !errors.Is(err, ErrPrecision) {
+			t.Fatalf("value off the 10 W grid accepted: %v", nudged)
+		}
+	}
+}

@@ -60,6 +60,7 @@ type Output struct {
 type Enforcer struct {
 	m      *Manifest
 	pseudo pseudonymizer
+	keys   map[[2]string][]byte // (stream, key ID) → pseudonym key, derived once
 }
 
 // NewEnforcer returns an enforcer of m for device, whose pseudonyms are
@@ -72,7 +73,17 @@ func NewEnforcer(m *Manifest, device string, secret []byte) (*Enforcer, error) {
 	if len(secret) < 16 {
 		return nil, errors.New("policy: pseudonym secret shorter than 16 bytes")
 	}
-	return &Enforcer{m: m, pseudo: pseudonymizer{secret: secret, device: device}}, nil
+	e := &Enforcer{m: m, pseudo: pseudonymizer{secret: secret, device: device}, keys: make(map[[2]string][]byte)}
+	for _, s := range m.Streams {
+		for _, f := range s.Fields {
+			for t := &f.Transform; t != nil; t = t.Then {
+				if t.Op == "pseudonymize" {
+					e.keys[[2]string{s.Name, t.KeyID}] = e.pseudo.key(s.Name, t.KeyID)
+				}
+			}
+		}
+	}
+	return e, nil
 }
 
 // Apply decides what of reading may leave the device on stream. It returns
@@ -87,6 +98,9 @@ func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
 	}
 	if len(s.Destinations) == 0 {
 		return nil, nil
+	}
+	if s.Aggregate != nil {
+		return nil, fmt.Errorf("%w: %q leaves only through an Aggregator", errAggregated, stream)
 	}
 	out := make(Reading, len(s.Fields))
 	for i := range s.Fields {
@@ -115,7 +129,7 @@ func (e *Enforcer) transform(s *Stream, f *Field, v any) (any, bool, error) {
 		return nil, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
 	}
 	pseudo := func(keyID, str string) string {
-		return e.pseudo.pseudonym(e.pseudo.key(s.Name, keyID), keyID, str)
+		return e.pseudo.pseudonym(e.keys[[2]string{s.Name, keyID}], keyID, str)
 	}
 	typ := f.Type
 	for t := &f.Transform; t != nil; t = t.Then {
@@ -182,6 +196,9 @@ func (m *Manifest) Check(stream string, dest Destination, fields Reading) error 
 	}
 	if !declared {
 		return &Violation{Stream: stream, Err: ErrDestination, Detail: fmt.Sprintf("%s %s", dest.To, dest.Partner)}
+	}
+	if s.Aggregate != nil {
+		return checkAggregate(s, fields)
 	}
 	for name, v := range fields {
 		i := -1

@@ -1,0 +1,65 @@
+package policy
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestAggregateOccupancy(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	e, _ := NewEnforcer(m, "dev", secret)
+	if _, err := e.Apply("occupancy", Reading{"people": int64(2)}); err == nil {
+		t.Fatal("an aggregated stream left reading by reading")
+	}
+	a, err := e.Aggregator("occupancy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	// Window 9:00-9:15: four samples, mean 1.5. Window 9:15-9:30: two
+	// samples, fewer than k = 3: suppressed. Window 9:30: still open.
+	for i, n := range []int64{1, 2, 1, 2} {
+		must(t, a.Add(base.Add(time.Duration(i)*3*time.Minute), Reading{"people": n, "ts": base}))
+	}
+	must(t, a.Add(base.Add(16*time.Minute), Reading{"people": int64(5)}))
+	must(t, a.Add(base.Add(20*time.Minute), Reading{"people": int64(7)}))
+	must(t, a.Add(base.Add(31*time.Minute), Reading{"people": int64(1)}))
+	outs := a.Flush(base.Add(35 * time.Minute))
+	if len(outs) != 1 {
+		t.Fatalf("%d outputs, want 1 (one window suppressed, one open)", len(outs))
+	}
+	f := outs[0].Fields
+	if f["people"] != 1.5 || !f["ts"].(time.Time).Equal(base) || len(f) != 2 {
+		t.Fatalf("window output %+v", f)
+	}
+	if err := m.Check("occupancy", Destination{To: "cloud"}, f); err != nil {
+		t.Fatalf("cloud refused the aggregate: %v", err)
+	}
+	// The open window comes out later; nothing comes out twice.
+	if outs := a.Flush(base.Add(35 * time.Minute)); len(outs) != 0 {
+		t.Fatalf("flushed again: %+v", outs)
+	}
+	// The cloud refuses raw readings and misaligned windows for an
+	// aggregated stream.
+	for name, fields := range map[string]Reading{
+		"a raw reading":     {"people": 2.0, "ts": base.Add(3 * time.Minute)},
+		"unaggregated ts":   {"ts": base.Add(time.Minute)},
+		"an undeclared one": {"camera": "x"},
+	} {
+		if err := m.Check("occupancy", Destination{To: "cloud"}, fields); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	var v *Violation
+	if err := m.Check("occupancy", Destination{To: "cloud"}, Reading{"ts": base.Add(time.Minute)}); !errors.As(err, &v) || !errors.Is(err, ErrPrecision) {
+		t.Errorf("misaligned window: %v", err)
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

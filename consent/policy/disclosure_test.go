@@ -36,6 +36,9 @@ func TestDisclosure(t *testing.T) {
 			t.Errorf("disclosure lacks %q", must)
 		}
 	}
+	v := mustParseFile(t, "vacuum.json")
+	golden(t, "vacuum.disclosure.md", v.DisclosureMarkdown())
+	golden(t, "vacuum.disclosure.html", v.DisclosureHTML())
 	// Manifest text is escaped in HTML.
 	m.Streams[2].Description = "<script>alert(1)</script>"
 	if strings.Contains(m.DisclosureHTML(), "<script>alert") {

@@ -9,7 +9,7 @@ import (
 // FuzzParse: any input either parses into a manifest that validates and
 // hashes, or fails with a *ManifestError; never a panic.
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"aircon.json"} {
+	for _, name := range []string{"aircon.json", "vacuum.json"} {
 		data, err := os.ReadFile("testdata/" + name)
 		if err != nil {
 			f.Fatal(err)

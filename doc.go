@@ -23,13 +23,16 @@
 //   - [github.com/sensible-iot/sensible/consent]: signed consent records,
 //     decisions over a subject's events, and the tamper-evident consent
 //     log with receipts and proofs.
+//   - [github.com/sensible-iot/sensible/consent/policy]: the data manifest,
+//     the transforms it applies on the device, the same check in the cloud,
+//     and the customer-facing disclosure.
 //   - internal/codec (not importable): the one CBOR codec, with RFC 8949
 //     deterministic encoding for everything signed or hashed and strict,
 //     bounded decoding for everything from the network or a file.
 //
-// The data manifest (package consent/policy), the device agent (package
-// device) and the cloud services (package cloud) follow the same layout as
-// they land; until then the path below is the design they implement.
+// The device agent (package device) and the cloud services (package cloud)
+// follow the same layout as they land; until then the path below is the
+// design they implement.
 //
 // # One reading, from device to cloud to partner
 //

@@ -117,6 +117,13 @@ func Sign(r *Record, signer crypto.Signer, kid []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return SignPayload(payload, signer, kid)
+}
+
+// SignPayload signs any payload the way Sign signs records: a tagged
+// COSE_Sign1 message with the algorithm and kid protected. Package
+// consent/policy signs manifests with it.
+func SignPayload(payload []byte, signer crypto.Signer, kid []byte) ([]byte, error) {
 	alg, err := algorithmFor(signer.Public())
 	if err != nil {
 		return nil, err
@@ -130,6 +137,13 @@ func Sign(r *Record, signer crypto.Signer, kid []byte) ([]byte, error) {
 		cose.HeaderLabelKeyID:     kid,
 	}}
 	return cose.Sign1(rand.Reader, cs, headers, payload, nil)
+}
+
+// VerifyPayload checks a COSE_Sign1 message made by SignPayload against
+// the trusted keys and returns its payload and the key that signed it,
+// with the same errors as Verify.
+func (s *KeySet) VerifyPayload(msg []byte) ([]byte, TrustedKey, error) {
+	return verifySign1(msg, nil, s.Lookup)
 }
 
 // A Verified record is a record whose signature checked out, with the key

@@ -120,3 +120,26 @@ func TestPropertyApplyThenCheck(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchAgainstItsManifest(t *testing.T) {
+	v1 := mustParseFile(t, "aircon.json")
+	v2 := mustParseFile(t, "aircon.json")
+	v2.Version = "2026.12.1"
+	v2.Streams[2].Fields[1].Transform.Step = 100 // coarser in v2
+	var reg Manifests
+	h1, err := reg.Add(v1)
+	must(t, err)
+	h2, err := reg.Add(v2)
+	must(t, err)
+	readings := []Reading{{"watts": 1230.0}, {"watts": 40.0}}
+	if err := reg.Check(&Batch{Manifest: h1, Stream: "power", Destination: Destination{To: "cloud"}, Readings: readings}); err != nil {
+		t.Fatalf("v1 batch refused: %v", err)
+	}
+	// The same readings are too fine for v2.
+	if err := reg.Check(&Batch{Manifest: h2, Stream: "power", Destination: Destination{To: "cloud"}, Readings: readings}); !errors.Is(err, ErrPrecision) {
+		t.Fatalf("v2 batch with v1 precision: %v", err)
+	}
+	if err := reg.Check(&Batch{Manifest: [32]byte{1}, Stream: "power"}); !errors.Is(err, ErrUnknownManifest) {
+		t.Fatalf("unknown manifest: %v", err)
+	}
+}

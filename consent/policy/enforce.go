@@ -58,9 +58,8 @@ type Output struct {
 // An Enforcer applies one manifest on one device. It is safe for
 // concurrent use.
 type Enforcer struct {
-	m      *Manifest
-	pseudo pseudonymizer
-	keys   map[[2]string][]byte // (stream, key ID) → pseudonym key, derived once
+	m    *Manifest
+	keys map[[2]string]*pseudonymKey // (stream, key ID) → pseudonym key, derived once
 }
 
 // NewEnforcer returns an enforcer of m for device, whose pseudonyms are
@@ -73,12 +72,13 @@ func NewEnforcer(m *Manifest, device string, secret []byte) (*Enforcer, error) {
 	if len(secret) < 16 {
 		return nil, errors.New("policy: pseudonym secret shorter than 16 bytes")
 	}
-	e := &Enforcer{m: m, pseudo: pseudonymizer{secret: secret, device: device}, keys: make(map[[2]string][]byte)}
+	ps := pseudonymizer{secret: secret, device: device}
+	e := &Enforcer{m: m, keys: make(map[[2]string]*pseudonymKey)}
 	for _, s := range m.Streams {
 		for _, f := range s.Fields {
 			for t := &f.Transform; t != nil; t = t.Then {
 				if t.Op == "pseudonymize" {
-					e.keys[[2]string{s.Name, t.KeyID}] = e.pseudo.key(s.Name, t.KeyID)
+					e.keys[[2]string{s.Name, t.KeyID}] = newPseudonymKey(t.KeyID, ps.key(s.Name, t.KeyID))
 				}
 			}
 		}
@@ -109,12 +109,16 @@ func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
 		if !ok {
 			continue
 		}
-		tv, keep, err := e.transform(s, f, v)
+		in, err := valueOf(v, f.Type)
+		if err != nil {
+			return nil, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
+		}
+		tv, keep, err := e.transform(s, f, in)
 		if err != nil {
 			return nil, err
 		}
 		if keep {
-			out[f.Name] = tv
+			out[f.Name] = tv.Any()
 		}
 	}
 	if len(out) == 0 {
@@ -123,27 +127,72 @@ func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
 	return &Output{Stream: stream, Fields: out, Destinations: s.Destinations}, nil
 }
 
-// transform runs a field's transform chain.
-func (e *Enforcer) transform(s *Stream, f *Field, v any) (any, bool, error) {
-	if err := checkType(v, f.Type); err != nil {
-		return nil, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
+// A NamedValue is one field of a reading for ApplyValues.
+type NamedValue struct {
+	Name  string
+	Value Value
+}
+
+// ApplyValues is Apply without maps or boxing, for devices that send many
+// readings: in holds the reading, and what may leave is appended to out,
+// which is returned (pass a reused out[:0] and a steady stream costs no
+// allocation but the pseudonyms it makes). It returns the destinations, or
+// none (and no values) when nothing may leave.
+func (e *Enforcer) ApplyValues(stream string, in, out []NamedValue) ([]NamedValue, []Destination, error) {
+	s, ok := e.m.Stream(stream)
+	if !ok {
+		return out, nil, &Violation{Stream: stream, Err: ErrUndeclaredStream}
 	}
-	pseudo := func(keyID, str string) string {
-		return e.pseudo.pseudonym(e.keys[[2]string{s.Name, keyID}], keyID, str)
+	if len(s.Destinations) == 0 {
+		return out, nil, nil
 	}
-	typ := f.Type
-	for t := &f.Transform; t != nil; t = t.Then {
-		nv, drop, err := t.apply(v, typ, pseudo)
+	if s.Aggregate != nil {
+		return out, nil, fmt.Errorf("%w: %q leaves only through an Aggregator", errAggregated, stream)
+	}
+	n := len(out)
+	for i := range in {
+		f := fieldOfStream(s, in[i].Name)
+		if f == nil {
+			continue
+		}
+		if in[i].Value.Type != f.Type {
+			return out[:n], nil, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: fmt.Sprintf("a %s is not a %s", in[i].Value.Type, f.Type)}
+		}
+		tv, keep, err := e.transform(s, f, in[i].Value)
 		if err != nil {
-			return nil, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
+			return out[:n], nil, err
+		}
+		if keep {
+			out = append(out, NamedValue{Name: f.Name, Value: tv})
+		}
+	}
+	if len(out) == n {
+		return out, nil, nil
+	}
+	return out, s.Destinations, nil
+}
+
+func fieldOfStream(s *Stream, name string) *Field {
+	for i := range s.Fields {
+		if s.Fields[i].Name == name {
+			return &s.Fields[i]
+		}
+	}
+	return nil
+}
+
+// transform runs a field's transform chain on v.
+func (e *Enforcer) transform(s *Stream, f *Field, v Value) (Value, bool, error) {
+	ps := pseudonyms{keys: e.keys, stream: s.Name}
+	for t := &f.Transform; t != nil; t = t.Then {
+		nv, drop, err := t.apply(v, ps)
+		if err != nil {
+			return Value{}, false, &Violation{Stream: s.Name, Field: f.Name, Err: ErrValue, Detail: err.Error()}
 		}
 		if drop {
-			return nil, false, nil
+			return Value{}, false, nil
 		}
 		v = nv
-		if t.Op == "bucketize" {
-			typ = Integer
-		}
 	}
 	return v, true, nil
 }
@@ -252,18 +301,18 @@ func checkField(s *Stream, f *Field, v any) error {
 			}
 		}
 	}
-	if err := checkType(v, typ); err != nil {
+	again, err := valueOf(v, typ)
+	if err != nil {
 		return viol(ErrValue, "%v", err)
 	}
-	again := v
 	for t := &f.Transform; t != nil; t = t.Then {
-		nv, _, err := t.apply(again, typ, nil)
+		nv, _, err := t.apply(again, pseudonyms{})
 		if err != nil {
 			return viol(ErrValue, "%v", err)
 		}
 		again = nv
 	}
-	if !sameValue(again, v) {
+	if !sameValue(again.Any(), v) {
 		return viol(ErrPrecision, "%v is finer than %s allows", v, f.Transform.Op)
 	}
 	return nil

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -141,5 +142,57 @@ func TestBatchAgainstItsManifest(t *testing.T) {
 	}
 	if err := reg.Check(&Batch{Manifest: [32]byte{1}, Stream: "power"}); !errors.Is(err, ErrUnknownManifest) {
 		t.Fatalf("unknown manifest: %v", err)
+	}
+}
+
+func TestApplyValuesMatchesApply(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	e, _ := NewEnforcer(m, "dev", secret)
+	ts := time.Date(2026, 11, 23, 14, 37, 12, 0, time.UTC)
+	r := Reading{"ts": ts, "watts": 1234.5, "serial": "SN-0042", "other": 1.0}
+	want, err := e.Apply("power", r)
+	must(t, err)
+	in := []NamedValue{
+		{"ts", Value{Type: Timestamp, Time: ts}}, {"watts", Value{Type: Number, Num: 1234.5}},
+		{"serial", Value{Type: String, Str: "SN-0042"}}, {"other", Value{Type: Number, Num: 1}},
+	}
+	// Many goroutines share the enforcer and its pooled HMAC states.
+	done := make(chan error, 8)
+	for range 8 {
+		go func() {
+			var out []NamedValue
+			for range 200 {
+				var dests []Destination
+				var err error
+				out, dests, err = e.ApplyValues("power", in, out[:0])
+				if err != nil {
+					done <- err
+					return
+				}
+				if len(out) != len(want.Fields) || len(dests) != len(want.Destinations) {
+					done <- fmt.Errorf("ApplyValues gave %v, Apply %v", out, want.Fields)
+					return
+				}
+				for _, nv := range out {
+					if !sameValue(nv.Value.Any(), want.Fields[nv.Name]) {
+						done <- fmt.Errorf("%s: ApplyValues %v, Apply %v", nv.Name, nv.Value.Any(), want.Fields[nv.Name])
+						return
+					}
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A value of the wrong type is refused; device-only streams send none.
+	if _, _, err := e.ApplyValues("power", []NamedValue{{"watts", Value{Type: String, Str: "1"}}}, nil); !errors.Is(err, ErrValue) {
+		t.Fatalf("wrong type: %v", err)
+	}
+	if out, dests, err := e.ApplyValues("camera-frame", []NamedValue{{"frame", Value{Type: String, Str: "x"}}}, nil); len(out) != 0 || dests != nil || err != nil {
+		t.Fatalf("camera frame: %v %v %v", out, dests, err)
 	}
 }

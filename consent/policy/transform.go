@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"math"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -17,60 +19,149 @@ type Point struct {
 	Lon float64 `cbor:"2,keyasint" json:"lon"`
 }
 
-// apply runs one transform (not its Then) on v, a value of type typ. It
-// returns the transformed value, or drop = true.
-func (t *Transform) apply(v any, typ Type, pseudo func(keyID, s string) string) (out any, drop bool, err error) {
+// A Value is one field value, typed without boxing, for ApplyValues.
+// Type says which of the other fields holds it.
+type Value struct {
+	Type  Type
+	Num   float64   // Number
+	Int   int64     // Integer (and bucket indexes)
+	Str   string    // String (and geohashes, pseudonyms)
+	Bool  bool      // Bool
+	Time  time.Time // Timestamp
+	Point Point     // Location
+}
+
+// valueOf converts a Reading value of declared type t.
+func valueOf(v any, t Type) (Value, error) {
+	if err := checkType(v, t); err != nil {
+		return Value{}, err
+	}
+	out := Value{Type: t}
+	switch t {
+	case Number:
+		out.Num, _ = num(v)
+	case Integer:
+		switch x := v.(type) {
+		case int64:
+			out.Int = x
+		case int:
+			out.Int = int64(x)
+		case uint64:
+			out.Int = int64(x)
+		}
+	case String:
+		out.Str = v.(string)
+	case Bool:
+		out.Bool = v.(bool)
+	case Timestamp:
+		out.Time = v.(time.Time)
+	case Location:
+		out.Point = v.(Point)
+	}
+	return out, nil
+}
+
+// Any returns the value as a Reading holds it.
+func (v Value) Any() any {
+	switch v.Type {
+	case Number:
+		return v.Num
+	case Integer:
+		return v.Int
+	case String:
+		return v.Str
+	case Bool:
+		return v.Bool
+	case Timestamp:
+		return v.Time
+	case Location:
+		return v.Point
+	}
+	return nil
+}
+
+func (v Value) number() (float64, error) {
+	switch v.Type {
+	case Number:
+		if math.IsNaN(v.Num) || math.IsInf(v.Num, 0) {
+			return 0, fmt.Errorf("not a finite number")
+		}
+		return v.Num, nil
+	case Integer:
+		return float64(v.Int), nil
+	}
+	return 0, fmt.Errorf("want a number, got a %s", v.Type)
+}
+
+func numberOf(x float64, t Type) Value {
+	if t == Integer {
+		return Value{Type: Integer, Int: int64(math.Round(x))}
+	}
+	return Value{Type: Number, Num: x}
+}
+
+// pseudonyms finds the pseudonym keys of one stream; the zero value makes
+// none (the cloud's side).
+type pseudonyms struct {
+	keys   map[[2]string]*pseudonymKey
+	stream string
+}
+
+// apply runs one transform (not its Then) on v. It returns the
+// transformed value, or drop = true.
+func (t *Transform) apply(v Value, ps pseudonyms) (out Value, drop bool, err error) {
 	switch t.Op {
 	case "drop":
-		return nil, true, nil
+		return Value{}, true, nil
 	case "keep":
 		return v, false, nil
 	case "round":
-		x, err := num(v)
+		x, err := v.number()
 		if err != nil {
-			return nil, false, err
+			return Value{}, false, err
 		}
-		return asType(math.Round(x/t.Step)*t.Step, typ), false, nil
+		return numberOf(math.Round(x/t.Step)*t.Step, v.Type), false, nil
 	case "clamp":
-		x, err := num(v)
+		x, err := v.number()
 		if err != nil {
-			return nil, false, err
+			return Value{}, false, err
 		}
-		return asType(math.Min(math.Max(x, *t.Min), *t.Max), typ), false, nil
+		return numberOf(math.Min(math.Max(x, *t.Min), *t.Max), v.Type), false, nil
 	case "bucketize":
-		x, err := num(v)
+		x, err := v.number()
 		if err != nil {
-			return nil, false, err
+			return Value{}, false, err
 		}
 		i := 0
 		for i < len(t.Bounds) && x >= t.Bounds[i] {
 			i++
 		}
-		return int64(i), false, nil
+		return Value{Type: Integer, Int: int64(i)}, false, nil
 	case "coarsen_time":
-		ts, ok := v.(time.Time)
-		if !ok {
-			return nil, false, fmt.Errorf("want a timestamp, got %T", v)
+		if v.Type != Timestamp {
+			return Value{}, false, fmt.Errorf("want a timestamp, got a %s", v.Type)
 		}
-		return ts.Truncate(time.Duration(t.Bucket)).UTC(), false, nil
+		return Value{Type: Timestamp, Time: v.Time.Truncate(time.Duration(t.Bucket)).UTC()}, false, nil
 	case "coarsen_location":
-		l, ok := v.(Point)
-		if !ok {
-			return nil, false, fmt.Errorf("want a location, got %T", v)
+		if v.Type != Location {
+			return Value{}, false, fmt.Errorf("want a location, got a %s", v.Type)
 		}
 		if t.Geohash > 0 {
-			return geohash(l, t.Geohash), false, nil
+			return Value{Type: String, Str: geohash(v.Point, t.Geohash)}, false, nil
 		}
 		p := math.Pow(10, float64(t.Decimals))
-		return Point{Lat: math.Round(l.Lat*p) / p, Lon: math.Round(l.Lon*p) / p}, false, nil
+		return Value{Type: Location, Point: Point{Lat: math.Round(v.Point.Lat*p) / p, Lon: math.Round(v.Point.Lon*p) / p}}, false, nil
 	case "pseudonymize":
-		s, ok := v.(string)
-		if !ok {
-			return nil, false, fmt.Errorf("want a string, got %T", v)
+		if v.Type != String {
+			return Value{}, false, fmt.Errorf("want a string, got a %s", v.Type)
 		}
-		return pseudo(t.KeyID, s), false, nil
+		pk := ps.keys[[2]string{ps.stream, t.KeyID}]
+		if pk == nil {
+			return Value{}, false, fmt.Errorf("pseudonyms are made on the device")
+		}
+		return Value{Type: String, Str: pk.pseudonym(v.Str)}, false, nil
 	}
-	return nil, false, fmt.Errorf("unknown transform %q", t.Op)
+	return Value{}, false, fmt.Errorf("unknown transform %q", t.Op)
 }
 
 func num(v any) (float64, error) {
@@ -88,13 +179,6 @@ func num(v any) (float64, error) {
 		return float64(x), nil
 	}
 	return 0, fmt.Errorf("want a number, got %T", v)
-}
-
-func asType(x float64, typ Type) any {
-	if typ == Integer {
-		return int64(math.Round(x))
-	}
-	return x
 }
 
 const geohashAlphabet = "0123456789bcdefghjkmnpqrstuvwxyz"
@@ -150,8 +234,38 @@ func (p pseudonymizer) key(stream, keyID string) []byte {
 	return k
 }
 
-func (p pseudonymizer) pseudonym(key []byte, keyID, s string) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(s))
-	return keyID + ":" + hex.EncodeToString(m.Sum(nil)[:16])
+// pseudonymKey holds a derived key and a pool of HMAC states under it, so
+// that making a pseudonym allocates only the pseudonym.
+type pseudonymKey struct {
+	id   string
+	pool sync.Pool // of *hmacState
+}
+
+// hmacState is one pooled HMAC with its scratch buffers, which live on
+// the heap with it so that hashing through the interface allocates nothing.
+type hmacState struct {
+	h       hash.Hash
+	in, sum []byte
+}
+
+func newPseudonymKey(id string, key []byte) *pseudonymKey {
+	pk := &pseudonymKey{id: id}
+	pk.pool.New = func() any {
+		return &hmacState{h: hmac.New(sha256.New, key), in: make([]byte, 0, 64), sum: make([]byte, 0, sha256.Size)}
+	}
+	return pk
+}
+
+func (pk *pseudonymKey) pseudonym(s string) string {
+	st := pk.pool.Get().(*hmacState)
+	st.h.Reset()
+	st.in = append(st.in[:0], s...)
+	st.h.Write(st.in)
+	st.sum = st.h.Sum(st.sum[:0])
+	var buf [96]byte
+	out := append(buf[:0], pk.id...)
+	out = append(out, ':')
+	out = hex.AppendEncode(out, st.sum[:16])
+	pk.pool.Put(st)
+	return string(out)
 }

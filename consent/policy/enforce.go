@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -287,7 +288,7 @@ func checkField(s *Stream, f *Field, v any) error {
 			return nil
 		case "pseudonymize":
 			str, ok := v.(string)
-			if !ok || !pseudonymForm.MatchString(str) || str[:len(t.KeyID)+1] != t.KeyID+":" {
+			if !ok || !pseudonymForm.MatchString(str) || !strings.HasPrefix(str, t.KeyID+":") {
 				return viol(ErrPrecision, "not a pseudonym under key %s", t.KeyID)
 			}
 			return nil
@@ -319,6 +320,10 @@ func checkField(s *Stream, f *Field, v any) error {
 }
 
 func sameValue(a, b any) bool {
+	// Integers arrive from CBOR as int64 or uint64.
+	if u, ok := b.(uint64); ok && u <= math.MaxInt64 {
+		b = int64(u)
+	}
 	switch x := a.(type) {
 	case float64:
 		y, ok := b.(float64)

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -196,3 +197,42 @@ func TestApplyValuesMatchesApply(t *testing.T) {
 		t.Fatalf("camera frame: %v %v %v", out, dests, err)
 	}
 }
+
+func TestReviewFixes(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	// A long pseudonym key ID (a UUID) is refused at validation, and the
+	// cloud check of an odd pseudonym never panics.
+	long := *m
+	long.Streams = append([]Stream(nil), m.Streams...)
+	long.Streams[2].Fields = append([]Field(nil), m.Streams[2].Fields...)
+	long.Streams[2].Fields[2].Transform.KeyID = "0b4e7a0e-5f43-4c0b-9c55-0c56c1e2c4a1-extra"
+	if err := long.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("long key_id: %v", err)
+	}
+	if err := long.Check("power", Destination{To: "cloud"}, Reading{"serial": "k1:0123456789abcdef0123456789abcdef"}); !errors.Is(err, ErrPrecision) {
+		t.Errorf("pseudonym under another key: %v", err)
+	}
+	// No negative zero leaves the device.
+	e, _ := NewEnforcer(m, "dev", secret)
+	out, _ := e.Apply("power", Reading{"watts": -3.0})
+	if w := out.Fields["watts"].(float64); w != 0 || math.Signbit(w) {
+		t.Errorf("-3 W rounded to %v (sign bit %v)", w, math.Signbit(w))
+	}
+	// Integers as CBOR decodes them (uint64) pass the cloud check.
+	if err := m.Check("occupancy", Destination{To: "cloud"}, Reading{"people": uint64(2)}); err != nil {
+		t.Errorf("uint64 count: %v", err)
+	}
+	// Chains: only clamp may be followed; durations are whole seconds.
+	bad := mustParseFile(t, "aircon.json")
+	bad.Streams[2].Fields[1].Transform.Then = &Transform{Op: "clamp", Min: ptr(0), Max: ptr(0.4)}
+	if err := bad.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("round then clamp: %v", err)
+	}
+	half := mustParseFile(t, "aircon.json")
+	half.Streams[2].Fields[0].Transform.Bucket = Duration(1500 * time.Millisecond)
+	if err := half.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("sub-second bucket: %v", err)
+	}
+}
+
+func ptr(f float64) *float64 { return &f }

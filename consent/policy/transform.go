@@ -94,6 +94,9 @@ func (v Value) number() (float64, error) {
 }
 
 func numberOf(x float64, t Type) Value {
+	if x == 0 {
+		x = 0 // no negative zero: it would tell the sign of a value rounded away
+	}
 	if t == Integer {
 		return Value{Type: Integer, Int: int64(math.Round(x))}
 	}
@@ -150,7 +153,7 @@ func (t *Transform) apply(v Value, ps pseudonyms) (out Value, drop bool, err err
 			return Value{Type: String, Str: geohash(v.Point, t.Geohash)}, false, nil
 		}
 		p := math.Pow(10, float64(t.Decimals))
-		return Value{Type: Location, Point: Point{Lat: math.Round(v.Point.Lat*p) / p, Lon: math.Round(v.Point.Lon*p) / p}}, false, nil
+		return Value{Type: Location, Point: Point{Lat: math.Round(v.Point.Lat*p)/p + 0, Lon: math.Round(v.Point.Lon*p)/p + 0}}, false, nil
 	case "pseudonymize":
 		if v.Type != String {
 			return Value{}, false, fmt.Errorf("want a string, got a %s", v.Type)

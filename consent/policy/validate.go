@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // categories is the data-category taxonomy manifests draw from, in the
@@ -67,6 +68,11 @@ func (m *Manifest) validate() []*ManifestError {
 	if m.Version == "" {
 		bad("version", "missing")
 	}
+	wholeSeconds := func(path string, d Duration) {
+		if time.Duration(d)%time.Second != 0 {
+			bad(path, "durations are whole seconds")
+		}
+	}
 	if len(m.Streams) == 0 {
 		bad("streams", "no stream declared")
 	}
@@ -103,8 +109,23 @@ func (m *Manifest) validate() []*ManifestError {
 			if !KnownCategory(f.Category) {
 				bad(fp+".category", "unknown category %q", f.Category)
 			}
+			n := 0
 			for t, tp := &f.Transform, fp+".transform"; t != nil; t, tp = t.Then, tp+".then" {
+				if n++; n > 3 {
+					bad(tp, "a chain of at most 3 transforms")
+					break
+				}
 				checkTransform(t, f.Type, tp, bad)
+			}
+		}
+		wholeSeconds(p+".cloud_retention", s.CloudRetention)
+		wholeSeconds(p+".device_retention", s.DeviceRetention)
+		if s.Aggregate != nil {
+			wholeSeconds(p+".aggregate.window", s.Aggregate.Window)
+		}
+		for j := range s.Fields {
+			for t := &s.Fields[j].Transform; t != nil; t = t.Then {
+				wholeSeconds(fmt.Sprintf("%s.fields[%d].transform.bucket", p, j), t.Bucket)
 			}
 		}
 		if len(s.Destinations) > 0 && s.Consent == "" && !s.Contract {
@@ -158,8 +179,11 @@ func checkTransform(t *Transform, typ Type, p string, bad func(string, string, .
 		bad(p+".op", "%s does not fit a %s field", t.Op, typ)
 		return
 	}
-	if t.Then != nil && t.Op == "drop" {
-		bad(p+".then", "nothing follows drop")
+	if t.Then != nil && t.Op != "clamp" {
+		// Every chain must leave values its own check accepts: round,
+		// coarsening and pseudonyms are fixed points, and only clamping
+		// may come before another step.
+		bad(p+".then", "only clamp may be followed by another transform")
 	}
 	switch t.Op {
 	case "round":
@@ -188,8 +212,8 @@ func checkTransform(t *Transform, typ Type, p string, bad func(string, string, .
 			bad(p+".geohash", "geohash precision from 1 to 12")
 		}
 	case "pseudonymize":
-		if t.KeyID == "" {
-			bad(p+".key_id", "pseudonymize needs a key_id (for rotation)")
+		if !validIdent.MatchString(t.KeyID) {
+			bad(p+".key_id", "pseudonymize needs a key_id of lower-case letters, digits, - and _ (for rotation)")
 		}
 	}
 }

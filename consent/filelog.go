@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -17,9 +18,11 @@ import (
 // final append.
 var ErrLogCorrupt = errors.New("consent: log file corrupt")
 
-// frameHeader is the length (4 bytes), the CRC-32C of index and data (4),
-// and the entry index (8).
-const frameHeader = 16
+// A frame is a header of the data length (4 bytes), the entry index (8),
+// the CRC-32C of those 12 bytes (4) and the CRC-32C of the data (4),
+// followed by the data. The header CRC lets a damaged length be told from
+// a torn final write.
+const frameHeader = 20
 
 // maxEntry bounds one log entry.
 const maxEntry = 1 << 20
@@ -34,6 +37,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type FileLogStore struct {
 	mu      sync.Mutex
 	f       *os.File
+	broken  error       // set when a failed append could not be undone
 	end     int64       // file offset after the last good frame
 	offsets []int64     // frame offset of each entry
 	hashes  []tlog.Hash // stored hashes, by stored hash index
@@ -43,9 +47,17 @@ var _ LogStore = (*FileLogStore)(nil)
 
 // OpenFileLogStore opens or creates the log file at path.
 func OpenFileLogStore(path string) (*FileLogStore, error) {
+	_, statErr := os.Stat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		// Make the new file's directory entry durable.
+		if d, err := os.Open(filepath.Dir(path)); err == nil {
+			d.Sync()
+			d.Close()
+		}
 	}
 	s := &FileLogStore{f: f}
 	if err := s.load(); err != nil {
@@ -55,7 +67,11 @@ func OpenFileLogStore(path string) (*FileLogStore, error) {
 	return s, nil
 }
 
-// load replays the file, rebuilding hashes, and cuts off a torn tail.
+// load replays the file, rebuilding hashes, and cuts off a torn final
+// append: a partial header, a whole header whose data runs past the end,
+// a last frame whose data does not match its CRC, or a tail of zeros (as a
+// file system leaves after a power cut). Any other damage is
+// ErrLogCorrupt, and nothing is cut.
 func (s *FileLogStore) load() error {
 	fi, err := s.f.Stat()
 	if err != nil {
@@ -71,13 +87,18 @@ func (s *FileLogStore) load() error {
 		if _, err := s.f.ReadAt(hdr[:], off); err != nil {
 			return err
 		}
-		n := int64(binary.BigEndian.Uint64(hdr[8:]))
-		length := int64(binary.BigEndian.Uint32(hdr[0:]))
-		if length > maxEntry {
-			if off+frameHeader >= size {
-				break
+		if crc32.Checksum(hdr[:12], castagnoli) != binary.BigEndian.Uint32(hdr[12:]) {
+			if zeros, err := s.allZero(off, size); err != nil {
+				return err
+			} else if zeros {
+				break // the file system zero-filled a torn append
 			}
-			return fmt.Errorf("%w: frame at %d claims %d bytes", ErrLogCorrupt, off, length)
+			return fmt.Errorf("%w: bad frame header at offset %d", ErrLogCorrupt, off)
+		}
+		length := int64(binary.BigEndian.Uint32(hdr[0:]))
+		n := int64(binary.BigEndian.Uint64(hdr[4:]))
+		if length > maxEntry || n != int64(len(s.offsets)) {
+			return fmt.Errorf("%w: frame at offset %d holds entry %d of %d bytes, want entry %d", ErrLogCorrupt, off, n, length, len(s.offsets))
 		}
 		if off+frameHeader+length > size {
 			break // torn data
@@ -86,11 +107,11 @@ func (s *FileLogStore) load() error {
 		if _, err := s.f.ReadAt(data, off+frameHeader); err != nil {
 			return err
 		}
-		if crc32.Checksum(append(hdr[8:16:16], data...), castagnoli) != binary.BigEndian.Uint32(hdr[4:]) || n != int64(len(s.offsets)) {
+		if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(hdr[16:]) {
 			if off+frameHeader+length == size {
 				break // a torn final frame
 			}
-			return fmt.Errorf("%w: bad frame at offset %d", ErrLogCorrupt, off)
+			return fmt.Errorf("%w: bad frame data at offset %d", ErrLogCorrupt, off)
 		}
 		hs, err := tlog.StoredHashes(n, data, s.reader())
 		if err != nil {
@@ -110,6 +131,27 @@ func (s *FileLogStore) load() error {
 	}
 	s.end = off
 	return nil
+}
+
+// allZero reports whether the file holds only zero bytes from off to size.
+func (s *FileLogStore) allZero(off, size int64) (bool, error) {
+	buf := make([]byte, 64<<10)
+	for off < size {
+		n, err := s.f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return false, nil
+			}
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false, err
+		}
+		off += int64(n)
+		if n == 0 {
+			break
+		}
+	}
+	return true, nil
 }
 
 func (s *FileLogStore) reader() tlog.HashReader {
@@ -149,18 +191,30 @@ func (s *FileLogStore) Append(_ context.Context, n int64, data []byte, hashes []
 	if want := tlog.StoredHashCount(n + 1); int64(len(s.hashes)+len(hashes)) != want {
 		return fmt.Errorf("consent: %d hashes for entry %d", len(hashes), n)
 	}
+	if s.broken != nil {
+		return fmt.Errorf("consent: log store needs reopening after a failed append: %w", s.broken)
+	}
 	frame := make([]byte, frameHeader+len(data))
 	binary.BigEndian.PutUint32(frame[0:], uint32(len(data)))
-	binary.BigEndian.PutUint64(frame[8:], uint64(n))
+	binary.BigEndian.PutUint64(frame[4:], uint64(n))
+	binary.BigEndian.PutUint32(frame[12:], crc32.Checksum(frame[:12], castagnoli))
+	binary.BigEndian.PutUint32(frame[16:], crc32.Checksum(data, castagnoli))
 	copy(frame[frameHeader:], data)
-	binary.BigEndian.PutUint32(frame[4:], crc32.Checksum(frame[8:], castagnoli))
-	if _, err := s.f.WriteAt(frame, s.end); err != nil {
-		s.f.Truncate(s.end)
+	undo := func(err error) error {
+		// Cut the file back; if that fails too, refuse appends until the
+		// store is reopened (load then cuts the torn frame).
+		if terr := s.f.Truncate(s.end); terr != nil {
+			s.broken = err
+		} else if serr := s.f.Sync(); serr != nil {
+			s.broken = err
+		}
 		return err
 	}
+	if _, err := s.f.WriteAt(frame, s.end); err != nil {
+		return undo(err)
+	}
 	if err := s.f.Sync(); err != nil {
-		s.f.Truncate(s.end)
-		return err
+		return undo(err)
 	}
 	s.offsets = append(s.offsets, s.end)
 	s.hashes = append(s.hashes, hashes...)

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,4 +279,62 @@ func TestLogKillChild(t *testing.T) {
 		w.Write(append(b, '\n'))
 		w.Flush()
 	}
+}
+
+func TestFileLogStoreDamage(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "consent.log")
+	l, st, _, _ := newTestLog(t, path)
+	for i := range 10 {
+		if _, err := l.Append(ctx, entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	full, _ := os.ReadFile(path)
+	frame := int64(frameHeader + len(entry(0))) // entries 0-9 have the same length
+	reopen := func(name string, data []byte) (*FileLogStore, error) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return OpenFileLogStore(p)
+	}
+	// A flipped bit in the length of frame 3 is corruption, not a torn
+	// tail: nothing is cut.
+	bad := append([]byte(nil), full...)
+	bad[3*frame+1] ^= 0x40
+	if _, err := reopen("length.log", bad); !errors.Is(err, ErrLogCorrupt) {
+		t.Errorf("damaged length: %v, want ErrLogCorrupt", err)
+	}
+	// A frame with valid CRCs but the wrong index is corruption too.
+	wrong := append([]byte(nil), full...)
+	h := wrong[9*frame : 9*frame+frameHeader]
+	binary.BigEndian.PutUint64(h[4:], 42)
+	binary.BigEndian.PutUint32(h[12:], crc32.Checksum(h[:12], castagnoli))
+	if _, err := reopen("index.log", wrong); !errors.Is(err, ErrLogCorrupt) {
+		t.Errorf("wrong index in the last frame: %v, want ErrLogCorrupt", err)
+	}
+	// A zero-filled tail (a torn append after a power cut) is cut off.
+	zeros := append(append([]byte(nil), full...), make([]byte, 300)...)
+	st2, err := reopen("zeros.log", zeros)
+	if err != nil {
+		t.Fatalf("zero-filled tail: %v", err)
+	}
+	if n, _ := st2.Size(ctx); n != 10 {
+		t.Errorf("%d entries after a zero-filled tail, want 10", n)
+	}
+	st2.Close()
+	// A zero-filled final frame (length written, data not) is cut too.
+	torn := append([]byte(nil), full[:9*frame+frameHeader]...)
+	torn = append(torn, make([]byte, len(entry(9)))...)
+	st3, err := reopen("torn-data.log", torn)
+	if err != nil {
+		t.Fatalf("zeroed final data: %v", err)
+	}
+	if n, _ := st3.Size(ctx); n != 9 {
+		t.Errorf("%d entries, want 9", n)
+	}
+	st3.Close()
 }

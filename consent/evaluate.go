@@ -120,6 +120,13 @@ func (h *History) Add(v *Verified) error {
 		if !ended.Record.Event.State.grants() {
 			return fmt.Errorf("%w: %s does not grant anything to end", ErrNotAllowed, r.Ends)
 		}
+		if r.Event.State == Expired {
+			// Recording an expiry ends nothing early: the record must
+			// have an expiry, and it must have come.
+			if e := ended.Record.Event.Expires; e == 0 || r.Event.Time < e {
+				return fmt.Errorf("%w: %s has not expired at %d", ErrNotAllowed, r.Ends, r.Event.Time)
+			}
+		}
 		if prev, done := h.endedBy[*r.Ends]; !done || r.Event.Time < prev.Record.Event.Time {
 			h.endedBy[*r.Ends] = v
 		}
@@ -151,6 +158,20 @@ func cmpInt(a, b int64) int {
 		return 1
 	}
 	return 0
+}
+
+func endReason(s State) Reason {
+	switch s {
+	case Refused:
+		return RefusedBy
+	case Revoked:
+		return RevokedBy
+	case Expired:
+		return ExpiredRecord
+	case Renewed:
+		return Granted
+	}
+	return WithdrawnBy
 }
 
 // covers reports whether a process of r covers the query's purpose,
@@ -191,9 +212,12 @@ func (h *History) Decide(q Query) Decision {
 		v := list[i]
 		r := v.Record
 		switch {
-		case r.Event.State == Refused:
+		case r.Event.State == Refused || r.Event.State == Withdrawn || r.Event.State == Revoked || r.Event.State == Expired:
+			// The latest covering choice wins: a refusal, withdrawal or
+			// revocation after a grant denies, even if an older grant for
+			// the same data was never withdrawn itself.
 			if covers(r, &q) {
-				return Decision{Record: r.ID, Reason: RefusedBy}
+				return Decision{Record: r.ID, Reason: endReason(r.Event.State)}
 			}
 		case r.Event.State.grants():
 			if !covers(r, &q) {
@@ -222,14 +246,7 @@ func (h *History) Decide(q Query) Decision {
 	}
 	switch {
 	case ended != nil:
-		reason := WithdrawnBy
-		switch ended.Record.Event.State {
-		case Revoked:
-			reason = RevokedBy
-		case Expired:
-			reason = ExpiredRecord
-		}
-		return Decision{Record: ended.Record.ID, Reason: reason}
+		return Decision{Record: ended.Record.ID, Reason: endReason(ended.Record.Event.State)}
 	case lapsed != nil:
 		return Decision{Record: lapsed.Record.ID, Reason: ExpiredRecord}
 	case superseded != nil:

@@ -181,7 +181,9 @@ func BenchmarkDecide(b *testing.B) {
 			must(b, w.add(b, Withdraw(g, t0.Add(time.Duration(i)*time.Minute+30*time.Second), "subject:app"), w.k.app, "app-1"))
 		}
 	}
-	q := Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", Recipient: "pestco", At: t0.Add(2000 * time.Minute)}
+	// The latest pest-alerts grant (i = 996) was withdrawn 30 s later; ask
+	// in between, when it allows.
+	q := Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", Recipient: "pestco", At: t0.Add(996*time.Minute + 10*time.Second)}
 	b.ReportAllocs()
 	for b.Loop() {
 		if d := w.h.Decide(q); !d.Allowed {
@@ -227,5 +229,49 @@ func TestNoticeSuperseded(t *testing.T) {
 	q.At = t0.Add(3 * time.Hour)
 	if d := w.h.Decide(q); !d.Allowed || d.Record != g5.ID {
 		t.Fatalf("after consenting to v5: %+v", d)
+	}
+}
+
+func TestLatestChoiceWins(t *testing.T) {
+	w := newWorld(t)
+	dev, _ := identity.GenerateKey(identity.Ed25519)
+	must(t, w.k.set.Add(TrustedKey{KID: []byte("dev-1"), Key: dev.Public(), Role: DeviceKey, Subject: "subj-7f3a"}))
+	g1 := Grant("subj-7f3a", "acme", energy, pests, t0, "device")
+	must(t, w.add(t, g1, dev, "dev-1"))
+	g2 := Grant("subj-7f3a", "acme", energy, pests, t0.Add(time.Hour), "subject:app")
+	must(t, w.add(t, g2, w.k.app, "app-1"))
+	wd := Withdraw(g2, t0.Add(2*time.Hour), "subject:app")
+	must(t, w.add(t, wd, w.k.app, "app-1"))
+	q := Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", At: t0.Add(3 * time.Hour)}
+	if d := w.h.Decide(q); d.Allowed || d.Record != wd.ID || d.Reason != WithdrawnBy {
+		t.Fatalf("an older grant outlived the later withdrawal: %+v", d)
+	}
+	// Recording an expiry before the record expires is not allowed.
+	g3 := Grant("subj-7f3a", "acme", energy, pests, t0.Add(4*time.Hour), "subject:app")
+	g3.Event.Expires = t0.Add(48 * time.Hour).Unix()
+	must(t, w.add(t, g3, w.k.app, "app-1"))
+	early := ending(g3, t0.Add(5*time.Hour), "controller", Expired)
+	if err := w.add(t, early, w.k.ctrl, "ctrl-1"); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("early expiry by the controller: %v", err)
+	}
+	late := ending(g3, t0.Add(49*time.Hour), "controller", Expired)
+	must(t, w.add(t, late, w.k.ctrl, "ctrl-1"))
+}
+
+// BenchmarkDecideAllWithdrawn decides over 1,000 grants that were all
+// withdrawn: the worst case of the old scan.
+func BenchmarkDecideAllWithdrawn(b *testing.B) {
+	w := newWorld(b)
+	for i := range 1000 {
+		g := Grant("subj-7f3a", "acme", energy, pests, t0.Add(time.Duration(i)*time.Minute), "subject:app")
+		must(b, w.add(b, g, w.k.app, "app-1"))
+		must(b, w.add(b, Withdraw(g, t0.Add(time.Duration(i)*time.Minute+30*time.Second), "subject:app"), w.k.app, "app-1"))
+	}
+	q := Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", Recipient: "pestco", At: t0.Add(2000 * time.Minute)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := w.h.Decide(q); d.Allowed {
+			b.Fatal(d)
+		}
 	}
 }

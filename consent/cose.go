@@ -19,7 +19,7 @@ const MaxRecordSize = 16 << 10
 
 // recordDecoder decodes record payloads: small, flat, strict.
 var recordDecoder = func() *codec.Decoder {
-	d, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 6, MaxArray: 64, MaxMap: 16})
+	d, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 6, MaxArray: 1024, MaxMap: 16})
 	if err != nil {
 		panic(err) // fixed limits
 	}
@@ -143,7 +143,7 @@ func SignPayload(payload []byte, signer crypto.Signer, kid []byte) ([]byte, erro
 // the trusted keys and returns its payload and the key that signed it,
 // with the same errors as Verify.
 func (s *KeySet) VerifyPayload(msg []byte) ([]byte, TrustedKey, error) {
-	return verifySign1(msg, nil, s.Lookup)
+	return verifySign1(msg, nil, s.Lookup, payloadDecoder)
 }
 
 // A Verified record is a record whose signature checked out, with the key
@@ -160,7 +160,7 @@ type Verified struct {
 // Errors match ErrMalformed, ErrWrongTag, ErrUnknownKey, ErrAlgorithm or
 // ErrBadSignature.
 func (s *KeySet) Verify(msg []byte) (*Verified, error) {
-	payload, key, err := verifySign1(msg, nil, s.Lookup)
+	payload, key, err := verifySign1(msg, nil, s.Lookup, coseDecoder)
 	if err != nil {
 		return nil, err
 	}
@@ -185,13 +185,22 @@ type sign1 struct {
 	Signature   []byte
 }
 
-// coseDecoder decodes COSE_Sign1 messages and their headers.
-var coseDecoder = func() *codec.Decoder {
-	d, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 4, MaxArray: 16, MaxMap: 16})
+// MaxPayloadMessage bounds a message checked by KeySet.VerifyPayload
+// (a signed manifest, say).
+const MaxPayloadMessage = 1<<20 + 1024
+
+// coseDecoder decodes COSE_Sign1 records and their headers; payloadDecoder
+// decodes the larger messages of VerifyPayload.
+var coseDecoder, payloadDecoder = func() (*codec.Decoder, *codec.Decoder) {
+	rec, err := codec.NewDecoder(codec.Limits{MaxBody: MaxRecordSize, MaxDepth: 4, MaxArray: 16, MaxMap: 16})
 	if err != nil {
 		panic(err) // fixed limits
 	}
-	return d
+	big, err := codec.NewDecoder(codec.Limits{MaxBody: MaxPayloadMessage, MaxDepth: 4, MaxArray: 16, MaxMap: 16})
+	if err != nil {
+		panic(err)
+	}
+	return rec, big
 }()
 
 // COSE header labels used here (RFC 9052 section 3.1).
@@ -208,8 +217,8 @@ const (
 // understood. The message is parsed and the Sig_structure checked here:
 // go-cose, which signs our records, also requires alg in the protected
 // header where RFC 9052 lets it be unprotected.
-func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error)) ([]byte, TrustedKey, error) {
-	if len(data) > MaxRecordSize {
+func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error), dec *codec.Decoder) ([]byte, TrustedKey, error) {
+	if len(data) > dec.Limits().MaxBody {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
 	body, err := stripSign1Tag(data)
@@ -217,7 +226,7 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 		return nil, TrustedKey{}, err
 	}
 	var m sign1
-	if err := coseDecoder.Unmarshal(body, &m); err != nil {
+	if err := dec.Unmarshal(body, &m); err != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if m.Payload == nil {

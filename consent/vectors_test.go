@@ -114,7 +114,7 @@ func TestCOSEVectors(t *testing.T) {
 				}
 				return TrustedKey{KID: kid, Key: pub, Role: ControllerKey}, nil
 			}
-			payload, _, err := verifySign1(msg, external, lookup)
+			payload, _, err := verifySign1(msg, external, lookup, coseDecoder)
 			switch {
 			case strings.HasPrefix(name, "sign-fail"):
 				fail++

@@ -57,8 +57,18 @@ func (a *Aggregator) Add(at time.Time, r Reading) error {
 		if !ok {
 			return &Violation{Stream: a.s.Name, Field: agg.Field, Err: ErrValue, Detail: "missing"}
 		}
-		var err error
-		if x, err = num(v); err != nil {
+		// Each sample gets its field's transform first, so that no
+		// aggregate (a max over one sample, say) is finer than the field.
+		f := fieldOfStream(a.s, agg.Field)
+		in, err := valueOf(v, f.Type)
+		if err != nil {
+			return &Violation{Stream: a.s.Name, Field: agg.Field, Err: ErrValue, Detail: err.Error()}
+		}
+		tv, _, err := a.e.transform(a.s, f, in)
+		if err != nil {
+			return err
+		}
+		if x, err = tv.number(); err != nil {
 			return &Violation{Stream: a.s.Name, Field: agg.Field, Err: ErrValue, Detail: err.Error()}
 		}
 	}
@@ -158,8 +168,21 @@ func checkAggregate(s *Stream, fields Reading) error {
 				if n, ok := v.(int64); !ok || n < int64(agg.MinSamples) {
 					return viol(k, ErrPrecision, "want a count of at least %d", agg.MinSamples)
 				}
-			} else if _, err := num(v); err != nil {
+			} else if x, err := num(v); err != nil {
 				return viol(k, ErrValue, "%v", err)
+			} else if agg.Func == "min" || agg.Func == "max" {
+				// A min or max is one of the samples, each on its
+				// field's grid.
+				f := fieldOfStream(s, name)
+				got := Value{Type: Number, Num: x}
+				for t := &f.Transform; t != nil; t = t.Then {
+					if got, _, err = t.apply(got, pseudonyms{}); err != nil {
+						return viol(k, ErrValue, "%v", err)
+					}
+				}
+				if !sameValue(got.Num, x) {
+					return viol(k, ErrPrecision, "%v is finer than %s allows", x, f.Transform.Op)
+				}
 			}
 		case k != "" && isTimestampField(s, k):
 			ts, ok := v.(time.Time)

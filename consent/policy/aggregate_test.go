@@ -63,3 +63,26 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestAggregateKeepsFieldPrecision(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	s := &m.Streams[2] // power: watts rounded to 10
+	s.Aggregate = &Aggregate{Window: Duration(time.Hour), Func: "max", Field: "watts"}
+	must(t, m.Validate())
+	e, err := NewEnforcer(m, "dev", secret)
+	must(t, err)
+	a, err := e.Aggregator("power")
+	must(t, err)
+	base := time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	must(t, a.Add(base, Reading{"watts": 1234.5678}))
+	outs := a.Flush(base.Add(2 * time.Hour))
+	if len(outs) != 1 || outs[0].Fields["watts"] != 1230.0 {
+		t.Fatalf("max over one sample: %+v", outs[0].Fields)
+	}
+	if err := m.Check("power", Destination{To: "cloud"}, outs[0].Fields); err != nil {
+		t.Fatalf("honest max refused: %v", err)
+	}
+	if err := m.Check("power", Destination{To: "cloud"}, Reading{"watts": 1234.5678}); !errors.Is(err, ErrPrecision) {
+		t.Fatalf("unrounded max accepted: %v", err)
+	}
+}

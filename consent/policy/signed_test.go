@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/sensible-iot/sensible/consent"
@@ -47,5 +48,27 @@ func TestSignedManifest(t *testing.T) {
 	bad.Streams = nil
 	if _, err := bad.Sign(maker, []byte("maker-1")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("signing an invalid manifest: %v", err)
+	}
+}
+
+func TestSignedManifestLarge(t *testing.T) {
+	// A manifest well over a consent record's size limit still opens.
+	m := mustParseFile(t, "aircon.json")
+	base := m.Streams[2]
+	for i := range 150 {
+		s := base
+		s.Name = fmt.Sprintf("power-%d", i)
+		m.Streams = append(m.Streams, s)
+	}
+	maker, _ := identity.GenerateKey(identity.Ed25519)
+	keys := &consent.KeySet{}
+	must(t, keys.Add(consent.TrustedKey{KID: []byte("maker-1"), Key: maker.Public(), Role: consent.ControllerKey}))
+	msg, err := m.Sign(maker, []byte("maker-1"))
+	must(t, err)
+	if len(msg) <= consent.MaxRecordSize {
+		t.Fatalf("test manifest is only %d bytes", len(msg))
+	}
+	if _, err := OpenSigned(msg, keys); err != nil {
+		t.Fatalf("large signed manifest: %v", err)
 	}
 }

@@ -161,6 +161,10 @@ func (m *Manifest) validate() []*ManifestError {
 				bad(ap+".func", "unknown aggregate %q (want count, sum, mean, min or max)", a.Func)
 			case a.Func != "count" && fields[a.Field] != Number && fields[a.Field] != Integer:
 				bad(ap+".field", "%q is not a numeric field of the stream", a.Field)
+			case a.Func != "count" && fieldOfStream(s, a.Field).Transform.Op == "drop":
+				bad(ap+".field", "%q is dropped: nothing to aggregate", a.Field)
+			case a.Func != "count" && fieldOfStream(s, a.Field).Transform.Op == "bucketize":
+				bad(ap+".field", "%q is bucketized: aggregate the value, not its bucket", a.Field)
 			case a.MinSamples < 0:
 				bad(ap+".min_samples", "must not be negative")
 			}

@@ -149,7 +149,9 @@ func (s *KeySet) VerifyPayload(msg []byte) ([]byte, TrustedKey, error) {
 // A Verified record is a record whose signature checked out, with the key
 // that signed it.
 type Verified struct {
+	// Record is the decoded record.
 	Record *Record
+	// Signer is the trusted key that signed it.
 	Signer TrustedKey
 	// Raw is the signed message as received.
 	Raw []byte

@@ -27,4 +27,26 @@
 // [ErrWrongTag], [ErrUnknownKey], [ErrAlgorithm], [ErrBadSignature];
 // [Record.ValidAt] adds [ErrExpired] and [ErrNotYetValid], and
 // [Notice.CheckText] [ErrNoticeHash].
+//
+// # Decisions
+//
+// A [History] holds one subject's verified events, refusing those its
+// signer may not record (only the subject's app or device grants and
+// withdraws; only the controller revokes). [History.Decide] answers a
+// [Query] (purpose, data category, recipient, device, time) with a
+// [Decision] naming the deciding record and the reason: the latest
+// covering choice wins, withdrawal and revocation take effect from their
+// time, expiry is honoured, and a record covers only what it lists. The
+// controller's [Notices] register marks notice versions that need
+// consent again. [Grant] and [Withdraw] build events in the same steps.
+//
+// # The consent log
+//
+// A [Log] is an append-only Merkle log of accepted events (RFC 6962
+// hashing) kept in a [LogStore]: [FileLogStore] survives a crash in the
+// middle of an append, [MemLogStore] is for tests. [Log.Append] returns a
+// [Receipt] that [VerifyReceipt] checks with only the log's public key;
+// checkpoints are signed notes, [VerifyConsistency] proves the log only
+// grew, and a [Monitor] refuses one that shrank. [History.Export] gives a
+// subject's whole history with receipts, as CBOR or JSON.
 package consent

@@ -39,6 +39,7 @@ const (
 
 var reasonNames = [...]string{"", "granted", "no consent", "withdrawn", "revoked", "refused", "expired", "not yet valid", "notice superseded"}
 
+// String returns the reason in words, e.g. "withdrawn".
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) && r != 0 {
 		return reasonNames[r]
@@ -49,9 +50,9 @@ func (r Reason) String() string {
 // A Decision answers a Query: allowed or not, the record that decided it
 // (zero when none did), and why.
 type Decision struct {
-	Allowed bool
-	Record  ID
-	Reason  Reason
+	Allowed bool   // may the data be processed as asked
+	Record  ID     // the record that decided, zero if none did
+	Reason  Reason // why
 }
 
 // A History is one subject's verified consent events, indexed by purpose

@@ -13,8 +13,8 @@ import (
 // public key, its place in the log with the log's public key
 // (VerifyReceipt over Signed).
 type Export struct {
-	Subject string          `json:"subject" cbor:"1,keyasint"`
-	Events  []ExportedEvent `json:"events" cbor:"2,keyasint"`
+	Subject string          `json:"subject" cbor:"1,keyasint"` // whose history
+	Events  []ExportedEvent `json:"events" cbor:"2,keyasint"`  // oldest first
 }
 
 // An ExportedEvent is one event of an Export.

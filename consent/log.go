@@ -45,9 +45,9 @@ type LogStore interface {
 // the C2SP tlog-checkpoint format: origin, size and base64 root hash on
 // three lines, signed as a note.
 type Checkpoint struct {
-	Origin string
-	Size   int64
-	Hash   tlog.Hash
+	Origin string    // the log's name: its key's name
+	Size   int64     // entries in the tree
+	Hash   tlog.Hash // the tree's root hash
 	// Signed is the signed note, as handed out.
 	Signed []byte
 }
@@ -55,9 +55,9 @@ type Checkpoint struct {
 // A Receipt proves that an entry is in the log: its index, the inclusion
 // proof, and the signed checkpoint the proof leads to.
 type Receipt struct {
-	Index      int64       `json:"index" cbor:"1,keyasint"`
-	Proof      []tlog.Hash `json:"proof" cbor:"2,keyasint"`
-	Checkpoint []byte      `json:"checkpoint" cbor:"3,keyasint"`
+	Index      int64       `json:"index" cbor:"1,keyasint"`      // the entry's index
+	Proof      []tlog.Hash `json:"proof" cbor:"2,keyasint"`      // its inclusion proof
+	Checkpoint []byte      `json:"checkpoint" cbor:"3,keyasint"` // the signed checkpoint the proof leads to
 }
 
 // A Log is an append-only Merkle log of accepted consent events, with RFC

@@ -27,6 +27,7 @@ const (
 
 var stateNames = [...]string{"", "given", "renewed", "withdrawn", "refused", "revoked", "expired"}
 
+// String returns the state's name, e.g. "withdrawn".
 func (s State) String() string {
 	if int(s) < len(stateNames) && s != 0 {
 		return stateNames[s]
@@ -140,14 +141,14 @@ type Event struct {
 // withdrawal, renewal or revocation is a new record that names the one it
 // ends.
 type Record struct {
-	Schema     uint32    `cbor:"1,keyasint"`
-	ID         ID        `cbor:"2,keyasint"`
-	Subject    string    `cbor:"3,keyasint"` // pseudonymous; never an email address or a name
-	Controller string    `cbor:"4,keyasint"`
-	Notice     Notice    `cbor:"5,keyasint"`
-	Processes  []Process `cbor:"6,keyasint"`
+	Schema     uint32    `cbor:"1,keyasint"`           // SchemaVersion
+	ID         ID        `cbor:"2,keyasint"`           // unique per event
+	Subject    string    `cbor:"3,keyasint"`           // pseudonymous; never an email address or a name
+	Controller string    `cbor:"4,keyasint"`           // the company processing the data
+	Notice     Notice    `cbor:"5,keyasint"`           // the notice the subject was shown
+	Processes  []Process `cbor:"6,keyasint"`           // what the event is about
 	Devices    []string  `cbor:"7,keyasint,omitempty"` // device IDs covered; empty means all of the subject's
-	Event      Event     `cbor:"8,keyasint"`
+	Event      Event     `cbor:"8,keyasint"`           // what happened, when, by whom
 	Ends       *ID       `cbor:"9,keyasint,omitempty"` // the record this one ends, if any
 }
 

@@ -13,10 +13,10 @@ var ErrUnknownManifest = errors.New("policy: unknown manifest")
 // A Batch is what a device sends: readings of one stream for one
 // destination, naming the hash of the manifest that shaped them.
 type Batch struct {
-	Manifest    [32]byte
-	Stream      string
-	Destination Destination
-	Readings    []Reading
+	Manifest    [32]byte    // the hash of the manifest that shaped the readings
+	Stream      string      // their stream
+	Destination Destination // where they are going
+	Readings    []Reading   // the readings, as sent
 }
 
 // Manifests is the cloud's register of manifests by hash, so that each

@@ -8,5 +8,18 @@
 // that name the line and the problem ([ManifestError]), and identified by
 // the SHA-256 of their deterministic CBOR encoding ([Manifest.Hash]), which
 // every telemetry batch names so that the cloud checks it against exactly
-// that manifest.
+// that manifest. A maker signs its manifests ([Manifest.Sign]) and a device
+// runs only one its maker signed ([OpenSigned]).
+//
+// On the device an [Enforcer] applies the manifest: [Enforcer.Apply] (or
+// the allocation-free [Enforcer.ApplyValues]) returns what of a reading
+// may leave, transformed, and for which destinations, or nothing; an
+// [Aggregator] turns readings into one value per window, suppressing
+// windows with too few samples. In the cloud, [Manifest.Check] and
+// [Manifests.Check] refuse what a device should not have sent, with a
+// [Violation] fit for an audit log: both sides run the same transforms.
+//
+// [Manifest.DisclosureMarkdown] and [Manifest.DisclosureHTML] render the
+// manifest for customers: what is sent, why, to whom, for how long, and
+// what never leaves the device.
 package policy

@@ -22,11 +22,12 @@ var (
 
 // A Violation says which stream and field broke the manifest, and how.
 type Violation struct {
-	Stream, Field string
-	Err           error // one of the Err variables
-	Detail        string
+	Stream, Field string // where: the stream, and the field if one is at fault
+	Err           error  // one of the Err variables
+	Detail        string // what exactly, in words
 }
 
+// Error says what broke the manifest, where, for an audit log.
 func (v *Violation) Error() string {
 	s := fmt.Sprintf("%v: stream %q", v.Err, v.Stream)
 	if v.Field != "" {
@@ -48,6 +49,7 @@ type Reading map[string]any
 
 // An Output is what may leave the device for one reading.
 type Output struct {
+	// Stream is the stream the output belongs to.
 	Stream string
 	// Fields holds the transformed fields; dropped and undeclared fields
 	// are absent.
@@ -130,8 +132,8 @@ func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
 
 // A NamedValue is one field of a reading for ApplyValues.
 type NamedValue struct {
-	Name  string
-	Value Value
+	Name  string // the field
+	Value Value  // its value
 }
 
 // ApplyValues is Apply without maps or boxing, for devices that send many

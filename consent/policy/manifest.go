@@ -28,6 +28,7 @@ type Manifest struct {
 
 // A Stream is one kind of reading the product records.
 type Stream struct {
+	// Name names the stream, e.g. "power".
 	Name string `json:"name" cbor:"1,keyasint"`
 	// Description says in plain words what the stream is, for the
 	// customer-facing disclosure.
@@ -57,6 +58,7 @@ type Stream struct {
 
 // A Field is one value of a reading.
 type Field struct {
+	// Name names the field within its stream.
 	Name string `json:"name" cbor:"1,keyasint"`
 	// Type is one of number, integer, string, bool, timestamp, location.
 	Type Type `json:"type" cbor:"2,keyasint"`
@@ -87,18 +89,20 @@ type Transform struct {
 	Op string `json:"op" cbor:"1,keyasint"`
 	// Step is round's step (e.g. 0.5), or coarsen_time's bucket.
 	Step float64 `json:"step,omitempty" cbor:"2,keyasint,omitempty"`
-	// Min and Max are clamp's range.
+	// Min is the low end of clamp's range.
 	Min *float64 `json:"min,omitempty" cbor:"3,keyasint,omitempty"`
+	// Max is the high end of clamp's range.
 	Max *float64 `json:"max,omitempty" cbor:"4,keyasint,omitempty"`
 	// Bounds are bucketize's ascending boundaries.
 	Bounds []float64 `json:"bounds,omitempty" cbor:"5,keyasint,omitempty"`
 	// Bucket is coarsen_time's bucket.
 	Bucket Duration `json:"bucket,omitempty" cbor:"6,keyasint,omitempty"`
 	// Decimals is coarsen_location's precision in decimal places of
-	// degrees; Geohash its precision in geohash characters (one of the
-	// two).
+	// degrees (or set Geohash instead).
 	Decimals int `json:"decimals,omitempty" cbor:"7,keyasint,omitempty"`
-	Geohash  int `json:"geohash,omitempty" cbor:"8,keyasint,omitempty"`
+	// Geohash is coarsen_location's precision in geohash characters,
+	// emitted as the geohash string.
+	Geohash int `json:"geohash,omitempty" cbor:"8,keyasint,omitempty"`
 	// KeyID names pseudonymize's key generation, so keys can rotate.
 	KeyID string `json:"key_id,omitempty" cbor:"9,keyasint,omitempty"`
 	// Then applies another transform after this one.
@@ -178,9 +182,10 @@ var ErrInvalid = errors.New("policy: invalid manifest")
 type ManifestError struct {
 	Line    int    // 1-based line in the file; 0 if unknown
 	Path    string // e.g. streams[1].fields[2].transform
-	Problem string
+	Problem string // what is wrong, in words
 }
 
+// Error names the line, the element and the problem.
 func (e *ManifestError) Error() string {
 	if e.Line > 0 {
 		return fmt.Sprintf("policy: manifest line %d: %s: %s", e.Line, e.Path, e.Problem)

@@ -15,14 +15,14 @@ import (
 
 // A Point is a location on Earth in degrees.
 type Point struct {
-	Lat float64 `cbor:"1,keyasint" json:"lat"`
-	Lon float64 `cbor:"2,keyasint" json:"lon"`
+	Lat float64 `cbor:"1,keyasint" json:"lat"` // latitude, -90 to 90
+	Lon float64 `cbor:"2,keyasint" json:"lon"` // longitude, -180 to 180
 }
 
 // A Value is one field value, typed without boxing, for ApplyValues.
 // Type says which of the other fields holds it.
 type Value struct {
-	Type  Type
+	Type  Type      // which field below holds the value
 	Num   float64   // Number
 	Int   int64     // Integer (and bucket indexes)
 	Str   string    // String (and geohashes, pseudonyms)

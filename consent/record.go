@@ -82,8 +82,8 @@ func unhex(dst, src []byte) error {
 
 // A Notice identifies the text the subject was shown.
 type Notice struct {
-	ID       string `cbor:"1,keyasint"`
-	Version  uint32 `cbor:"2,keyasint"`
+	ID       string `cbor:"1,keyasint"` // the notice's name, e.g. "energy"
+	Version  uint32 `cbor:"2,keyasint"` // its version; a new text is a new version
 	Language string `cbor:"3,keyasint"` // BCP 47, e.g. "en-GB"
 	Hash     Digest `cbor:"4,keyasint"` // SHA-256 of the notice text
 }

@@ -225,8 +225,8 @@ func FuzzVerify(f *testing.F) {
 			}
 			return
 		}
-		// Whatever verifies was signed by a trusted key over exactly the
-		// deterministic encoding of what it decoded to.
+		// Whatever verifies was signed by a trusted key, and what it
+		// decoded to encodes again.
 		if _, err := k.set.Lookup(v.Signer.KID); err != nil {
 			t.Fatal(err)
 		}

@@ -203,4 +203,6 @@ func isTimestampField(s *Stream, name string) bool {
 	return slices.ContainsFunc(s.Fields, func(f Field) bool { return f.Name == name && f.Type == Timestamp })
 }
 
-var errAggregated = errors.New("policy: stream is aggregated")
+// ErrAggregated means a stream declared with an Aggregate was applied
+// reading by reading; it leaves only through an Aggregator.
+var ErrAggregated = errors.New("policy: stream is aggregated")

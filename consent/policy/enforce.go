@@ -103,7 +103,7 @@ func (e *Enforcer) Apply(stream string, r Reading) (*Output, error) {
 		return nil, nil
 	}
 	if s.Aggregate != nil {
-		return nil, fmt.Errorf("%w: %q leaves only through an Aggregator", errAggregated, stream)
+		return nil, fmt.Errorf("%w: %q leaves only through an Aggregator", ErrAggregated, stream)
 	}
 	out := make(Reading, len(s.Fields))
 	for i := range s.Fields {
@@ -150,7 +150,7 @@ func (e *Enforcer) ApplyValues(stream string, in, out []NamedValue) ([]NamedValu
 		return out, nil, nil
 	}
 	if s.Aggregate != nil {
-		return out, nil, fmt.Errorf("%w: %q leaves only through an Aggregator", errAggregated, stream)
+		return out, nil, fmt.Errorf("%w: %q leaves only through an Aggregator", ErrAggregated, stream)
 	}
 	n := len(out)
 	for i := range in {

@@ -32,6 +32,10 @@ func (r *Manifests) Add(m *Manifest) ([32]byte, error) {
 	if err := m.Validate(); err != nil {
 		return [32]byte{}, err
 	}
+	m, err := m.clone()
+	if err != nil {
+		return [32]byte{}, err
+	}
 	h, err := m.Hash()
 	if err != nil {
 		return h, err

@@ -72,6 +72,10 @@ func NewEnforcer(m *Manifest, device string, secret []byte) (*Enforcer, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
+	m, err := m.clone()
+	if err != nil {
+		return nil, err
+	}
 	if len(secret) < 16 {
 		return nil, errors.New("policy: pseudonym secret shorter than 16 bytes")
 	}

@@ -236,3 +236,32 @@ func TestReviewFixes(t *testing.T) {
 }
 
 func ptr(f float64) *float64 { return &f }
+
+func TestManifestCopiedAndIntegersSaturate(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	var reg Manifests
+	h, err := reg.Add(m)
+	must(t, err)
+	e, err := NewEnforcer(m, "dev", secret)
+	must(t, err)
+	// Changing the caller's manifest changes neither the registered
+	// version nor the enforcer's.
+	m.Streams[2].Fields[1].Transform.Step = 1000
+	if err := reg.Check(&Batch{Manifest: h, Stream: "power", Destination: Destination{To: "cloud"}, Readings: []Reading{{"watts": 1230.0}}}); err != nil {
+		t.Fatalf("registered manifest changed under its hash: %v", err)
+	}
+	out, _ := e.Apply("power", Reading{"watts": 1234.0})
+	if out.Fields["watts"] != 1230.0 {
+		t.Fatalf("enforcer's manifest changed: %v", out.Fields)
+	}
+	// Integers at the ends of int64 saturate; a uint64 past it is refused.
+	if _, err := e.Apply("power", Reading{"watts": 1.0}); err != nil {
+		t.Fatal(err)
+	}
+	if v := numberOf(1e300, Integer); v.Int != math.MaxInt64 {
+		t.Fatalf("1e300 as an integer = %d", v.Int)
+	}
+	if _, err := valueOf(uint64(math.MaxUint64), Integer); err == nil {
+		t.Fatal("uint64 past int64 accepted")
+	}
+}

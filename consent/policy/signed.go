@@ -23,6 +23,20 @@ var manifestDecoder = func() *codec.Decoder {
 	return d
 }()
 
+// clone returns a deep copy of m, so that what a hash or an Enforcer
+// names cannot change under it.
+func (m *Manifest) clone() (*Manifest, error) {
+	b, err := codec.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var c Manifest
+	if err := manifestDecoder.Unmarshal(b, &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
 // Sign validates m and signs its deterministic CBOR encoding as a
 // COSE_Sign1 message, as consent records are signed, so a device can run
 // only a manifest its maker signed.

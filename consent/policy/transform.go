@@ -47,6 +47,9 @@ func valueOf(v any, t Type) (Value, error) {
 		case int:
 			out.Int = int64(x)
 		case uint64:
+			if x > math.MaxInt64 {
+				return Value{}, fmt.Errorf("integer %d out of range", x)
+			}
 			out.Int = int64(x)
 		}
 	case String:
@@ -98,7 +101,15 @@ func numberOf(x float64, t Type) Value {
 		x = 0 // no negative zero: it would tell the sign of a value rounded away
 	}
 	if t == Integer {
-		return Value{Type: Integer, Int: int64(math.Round(x))}
+		// Saturate rather than wrap at the ends of int64.
+		switch r := math.Round(x); {
+		case r >= math.MaxInt64:
+			return Value{Type: Integer, Int: math.MaxInt64}
+		case r <= math.MinInt64:
+			return Value{Type: Integer, Int: math.MinInt64}
+		default:
+			return Value{Type: Integer, Int: int64(r)}
+		}
 	}
 	return Value{Type: Number, Num: x}
 }

@@ -50,6 +50,9 @@ type TrustedKey struct {
 	// Subject is the subject whose app or device holds the key; empty for
 	// controller keys.
 	Subject string
+	// Controller is, for a controller key, the controller it speaks for;
+	// empty means any.
+	Controller string
 }
 
 // A KeySet holds the keys trusted to sign records. It is safe for

@@ -99,6 +99,9 @@ func (h *History) Add(v *Verified) error {
 		if v.Signer.Role != ControllerKey {
 			return fmt.Errorf("%w: only the controller revokes", ErrNotAllowed)
 		}
+		if c := v.Signer.Controller; c != "" && c != r.Controller {
+			return fmt.Errorf("%w: a key of %q revokes for %q", ErrNotAllowed, c, r.Controller)
+		}
 	case Expired:
 		if !bySubject && v.Signer.Role != ControllerKey {
 			return fmt.Errorf("%w: expiry recorded by a stranger", ErrNotAllowed)
@@ -120,6 +123,9 @@ func (h *History) Add(v *Verified) error {
 		}
 		if !ended.Record.Event.State.grants() {
 			return fmt.Errorf("%w: %s does not grant anything to end", ErrNotAllowed, r.Ends)
+		}
+		if ended.Record.Controller != r.Controller {
+			return fmt.Errorf("%w: %s was given to %q, not %q", ErrNotAllowed, r.Ends, ended.Record.Controller, r.Controller)
 		}
 		if r.Event.State == Expired {
 			// Recording an expiry ends nothing early: the record must

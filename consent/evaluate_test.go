@@ -275,3 +275,21 @@ func BenchmarkDecideAllWithdrawn(b *testing.B) {
 		}
 	}
 }
+
+func TestRevocationByTheRecordsController(t *testing.T) {
+	w := newWorld(t)
+	other, _ := identity.GenerateKey(identity.P256)
+	must(t, w.k.set.Add(TrustedKey{KID: []byte("ctrl-other"), Key: other.Public(), Role: ControllerKey, Controller: "globex"}))
+	g := Grant("subj-7f3a", "acme", energy, pests, t0, "subject:app")
+	must(t, w.add(t, g, w.k.app, "app-1"))
+	// Another controller's key cannot revoke acme's record, whether it
+	// names acme or itself.
+	if err := w.add(t, Revoke(g, t0.Add(time.Hour), "globex"), other, "ctrl-other"); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("revocation by another controller's key: %v", err)
+	}
+	r := Revoke(g, t0.Add(time.Hour), "globex")
+	r.Controller = "globex"
+	if err := w.add(t, r, other, "ctrl-other"); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("revocation naming another controller: %v", err)
+	}
+}

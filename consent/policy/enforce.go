@@ -308,10 +308,11 @@ func checkField(s *Stream, f *Field, v any) error {
 			}
 		}
 	}
-	again, err := valueOf(v, typ)
+	orig, err := valueOf(v, typ) // normalizes integer types, as CBOR decodes them
 	if err != nil {
 		return viol(ErrValue, "%v", err)
 	}
+	again := orig
 	for t := &f.Transform; t != nil; t = t.Then {
 		nv, _, err := t.apply(again, pseudonyms{})
 		if err != nil {
@@ -319,17 +320,13 @@ func checkField(s *Stream, f *Field, v any) error {
 		}
 		again = nv
 	}
-	if !sameValue(again.Any(), v) {
+	if !sameValue(again.Any(), orig.Any()) {
 		return viol(ErrPrecision, "%v is finer than %s allows", v, f.Transform.Op)
 	}
 	return nil
 }
 
 func sameValue(a, b any) bool {
-	// Integers arrive from CBOR as int64 or uint64.
-	if u, ok := b.(uint64); ok && u <= math.MaxInt64 {
-		b = int64(u)
-	}
 	switch x := a.(type) {
 	case float64:
 		y, ok := b.(float64)

@@ -265,3 +265,21 @@ func TestManifestCopiedAndIntegersSaturate(t *testing.T) {
 		t.Fatal("uint64 past int64 accepted")
 	}
 }
+
+func TestGeohashKnownValues(t *testing.T) {
+	// Reference values from the geohash definition (e.g. the Wikipedia
+	// example: 57.64911, 10.40744 is u4pruydqqvj).
+	for _, c := range []struct {
+		p    Point
+		n    int
+		want string
+	}{
+		{Point{57.64911, 10.40744}, 11, "u4pruydqqvj"},
+		{Point{0, 0}, 5, "s0000"},
+		{Point{-90, -180}, 4, "0000"},
+	} {
+		if got := geohash(c.p, c.n); got != c.want {
+			t.Errorf("geohash(%v, %d) = %s, want %s", c.p, c.n, got, c.want)
+		}
+	}
+}

@@ -197,30 +197,17 @@ func num(v any) (float64, error) {
 
 const geohashAlphabet = "0123456789bcdefghjkmnpqrstuvwxyz"
 
-// geohash encodes l with p characters.
+// geohash encodes l with p characters: bits alternate between longitude
+// and latitude, each halving its interval.
 func geohash(l Point, p int) string {
-	latLo, latHi, lonLo, lonHi := -90.0, 90.0, -180.0, 180.0
+	lat, lon := [2]float64{-90, 90}, [2]float64{-180, 180}
 	var b strings.Builder
 	bit, ch, even := 0, 0, true
 	for b.Len() < p {
 		if even {
-			mid := (lonLo + lonHi) / 2
-			if l.Lon >= mid {
-				ch = ch<<1 | 1
-				lonLo = mid
-			} else {
-				ch <<= 1
-				lonHi = mid
-			}
+			ch = ch<<1 | halve(&lon, l.Lon)
 		} else {
-			mid := (latLo + latHi) / 2
-			if l.Lat >= mid {
-				ch = ch<<1 | 1
-				latLo = mid
-			} else {
-				ch <<= 1
-				latHi = mid
-			}
+			ch = ch<<1 | halve(&lat, l.Lat)
 		}
 		even = !even
 		if bit++; bit == 5 {
@@ -229,6 +216,18 @@ func geohash(l Point, p int) string {
 		}
 	}
 	return b.String()
+}
+
+// halve narrows interval to the half holding v and returns 1 for the upper
+// half, 0 for the lower.
+func halve(interval *[2]float64, v float64) int {
+	mid := (interval[0] + interval[1]) / 2
+	if v >= mid {
+		interval[0] = mid
+		return 1
+	}
+	interval[1] = mid
+	return 0
 }
 
 // pseudonymizer derives, per device, stream and key ID, an HMAC-SHA256 key

@@ -180,6 +180,18 @@ func (ca *CA) IssueDevice(csrDER []byte, opts *CertOptions) (*x509.Certificate, 
 			return nil, wrap(ErrIDMismatch, "request names %q but its key is %s", cn, id)
 		}
 	}
+	u, _ := url.Parse(URIPrefix + id.String())
+	return ca.issueLeaf(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: id.String(), Organization: opts.org()},
+		URIs:        []*url.URL{u},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, csr.PublicKey, opts)
+}
+
+// issueLeaf completes tmpl as an end-entity certificate (serial, validity
+// capped at the issuer's, key usage digital signature, not a CA) and
+// issues it for pub.
+func (ca *CA) issueLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, opts *CertOptions) (*x509.Certificate, error) {
 	serial, err := randomSerial()
 	if err != nil {
 		return nil, err
@@ -188,18 +200,11 @@ func (ca *CA) IssueDevice(csrDER []byte, opts *CertOptions) (*x509.Certificate, 
 	if na.After(ca.Cert.NotAfter) {
 		na = ca.Cert.NotAfter
 	}
-	u, _ := url.Parse(URIPrefix + id.String())
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: id.String(), Organization: opts.org()},
-		URIs:                  []*url.URL{u},
-		NotBefore:             nb,
-		NotAfter:              na,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Signer)
+	tmpl.SerialNumber = serial
+	tmpl.NotBefore, tmpl.NotAfter = nb, na
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.BasicConstraintsValid = true
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Signer)
 	if err != nil {
 		return nil, err
 	}
@@ -218,22 +223,9 @@ func (ca *CA) IssueServer(pub crypto.PublicKey, hosts []string, opts *CertOption
 	if len(hosts) == 0 {
 		return nil, errors.New("identity: a server certificate needs at least one host name or address")
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	nb, na := opts.window(DefaultDeviceValidity)
-	if na.After(ca.Cert.NotAfter) {
-		na = ca.Cert.NotAfter
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: hosts[0], Organization: opts.org()},
-		NotBefore:             nb,
-		NotAfter:              na,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
+		Subject:     pkix.Name{CommonName: hosts[0], Organization: opts.org()},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -242,11 +234,7 @@ func (ca *CA) IssueServer(pub crypto.PublicKey, hosts []string, opts *CertOption
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
+	return ca.issueLeaf(tmpl, pub, opts)
 }
 
 func randomSerial() (*big.Int, error) {

@@ -338,3 +338,44 @@ func TestFileLogStoreDamage(t *testing.T) {
 	}
 	st3.Close()
 }
+
+// TestFileLogStoreFailedAppend: when the disk refuses a write (here the
+// file is gone from under the store), Append fails, the log keeps its
+// size, and the store refuses further appends until reopened.
+func TestFileLogStoreFailedAppend(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "consent.log")
+	l, st, skey, vkey := newTestLog(t, path)
+	r0, err := l.Append(ctx, entry(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.f.Close() // every write and truncate now fails, as on a failed disk
+	if _, err := l.Append(ctx, entry(1)); err == nil {
+		t.Fatal("append to a failed file succeeded")
+	}
+	if n, _ := st.Size(ctx); n != 1 {
+		t.Fatalf("size %d after a failed append, want 1", n)
+	}
+	hs, err := tlog.StoredHashes(1, entry(1), st.reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.broken == nil {
+		t.Fatal("store not marked broken after an append it could not undo")
+	}
+	if err := st.Append(ctx, 1, entry(1), hs); err == nil {
+		t.Fatal("store accepted an append after an append it could not undo")
+	}
+	// Reopened, the log holds what it held, and the receipt still verifies.
+	st2, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	l2, err := OpenLog(ctx, st2, skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLogHolds(t, l2, st2, vkey, []*Receipt{r0})
+}

@@ -19,6 +19,7 @@ type udpRelay struct {
 	server *net.UDPAddr
 	client atomic.Pointer[net.UDPAddr]
 	up     atomic.Pointer[net.UDPConn]
+	drop   atomic.Int32 // client datagrams still to drop
 	wg     sync.WaitGroup
 }
 
@@ -40,6 +41,9 @@ func newUDPRelay(t *testing.T, server string) *udpRelay {
 				return
 			}
 			r.client.Store(from)
+			if r.drop.Load() > 0 && r.drop.Add(-1) >= 0 {
+				continue // lost on the way
+			}
 			r.up.Load().WriteToUDP(buf[:n], r.server)
 		}
 	}()
@@ -108,5 +112,28 @@ func TestDTLSConnectionIDSurvivesPortChange(t *testing.T) {
 	}
 	if n := handshakes.Load(); n != 1 {
 		t.Fatalf("%d handshakes, want 1: the session did not survive the port change", n)
+	}
+}
+
+// TestDroppedDatagram: a request lost on the way is retransmitted (CoAP
+// confirmable messages) and answered, over UDP and DTLS.
+func TestDroppedDatagram(t *testing.T) {
+	for _, scheme := range []string{"coap", "coaps"} {
+		t.Run(scheme, func(t *testing.T) {
+			f := newFixture(t, scheme, ServerConfig{})
+			u, _ := url.Parse(f.url)
+			relay := newUDPRelay(t, u.Host)
+			c, err := Dial(ctx5(t), scheme+"://"+relay.down.LocalAddr().String(), f.config(t, true))
+			must(t, err)
+			defer c.Close()
+			relay.drop.Store(1)
+			var a ack
+			if err := c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, &a); err != nil {
+				t.Fatalf("request whose first datagram was lost: %v", err)
+			}
+			if relay.drop.Load() > 0 || a.Count != 1 {
+				t.Fatalf("nothing was dropped, or the answer is wrong: %+v", a)
+			}
+		})
 	}
 }

@@ -29,6 +29,7 @@ import (
 	tcpserver "github.com/plgd-dev/go-coap/v3/tcp/server"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/internal/codec"
@@ -47,8 +48,25 @@ const (
 	DefaultMaxMessageSize = 1 << 20
 	// DefaultRequestTimeout bounds one handler call.
 	DefaultRequestTimeout = 30 * time.Second
-	// DefaultMaxConnections caps a server's concurrent connections.
+	// DefaultMaxConnections caps a server's concurrent connections (it is
+	// lowered to fit the process's file-descriptor limit).
 	DefaultMaxConnections = 50000
+	// DefaultMaxConnectionsPerPrefix caps connections from one IPv4 /24
+	// or IPv6 /56.
+	DefaultMaxConnectionsPerPrefix = 1024
+	// DefaultMaxHandshakes caps DTLS and TLS handshakes in progress.
+	DefaultMaxHandshakes = 256
+	// DefaultHandshakeTimeout bounds one handshake.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultMaxInFlightBytes bounds request bytes held at once: 64 MiB.
+	DefaultMaxInFlightBytes = 64 << 20
+	// DefaultMaxUnauthenticated caps unauthenticated plain-UDP peers.
+	DefaultMaxUnauthenticated = 4096
+	// DefaultUnauthenticatedIdle is how long an unauthenticated UDP peer
+	// is kept after its last datagram.
+	DefaultUnauthenticatedIdle = 10 * time.Second
+	// DefaultMaxObservations caps Observe registrations per connection.
+	DefaultMaxObservations = 16
 )
 
 // DefaultHandshakeRate is the handshake rate a server allows by default:
@@ -100,9 +118,64 @@ type ServerConfig struct {
 	// a device presenting its certificate is authenticated by it; a
 	// client presenting none may still post a token when Tokens is set.
 	DeviceRoots *x509.CertPool
+	// MaxConnectionsPerPrefix caps live connections from one source
+	// prefix (an IPv4 /24 or an IPv6 /56), so that one network cannot take
+	// every slot; zero means DefaultMaxConnectionsPerPrefix.
+	MaxConnectionsPerPrefix int
+	// MaxHandshakes caps DTLS and TLS handshakes in progress at once,
+	// across listeners; past it new ones are dropped before any
+	// cryptography. Zero means DefaultMaxHandshakes.
+	MaxHandshakes int
+	// HandshakeTimeout bounds one DTLS or TLS handshake, from its first
+	// message to the last; zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxInFlightBytes bounds the request bytes the server holds at once
+	// across all connections: block-wise uploads being reassembled and
+	// TCP or TLS messages being read. A request that would pass it waits
+	// (TCP) or gets 5.03 with Max-Age (UDP, DTLS). Zero means
+	// DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+	// MaxUnauthenticated caps the plain-UDP peers (coap://) that have not
+	// authenticated; when it is full the peer silent longest is
+	// forgotten. They live UnauthenticatedIdle after their last request.
+	// Zero means DefaultMaxUnauthenticated.
+	MaxUnauthenticated int
+	// UnauthenticatedIdle is how long an unauthenticated UDP peer is kept
+	// after its last datagram; zero means DefaultUnauthenticatedIdle.
+	UnauthenticatedIdle time.Duration
+	// MaxObservations caps Observe registrations per connection; zero
+	// means DefaultMaxObservations.
+	MaxObservations int
+	// TokensOverUDP lets a device authenticate with a token over plain
+	// coap://. It is off by default: over UDP a session is only a source
+	// address and port, which anyone on the path, and off-path anyone who
+	// can spoof that address, can send from. Over coap+tcp:// the token
+	// binds to the TCP connection; over DTLS and TLS to the secure session.
+	TokensOverUDP bool
+	// Authorize, when set, is called whenever a device authenticates (a
+	// DTLS-PSK or certificate handshake, a device token) and may refuse
+	// it: a decommissioned device, a leaked key. A refused handshake
+	// fails; a refused token gets 4.01. Server.Revoke closes the
+	// sessions a device already has.
+	Authorize func(ctx context.Context, p Peer) error
 	// Logger receives what the server and go-coap would otherwise print;
 	// nil discards it.
 	Logger *slog.Logger
+}
+
+// A Peer is a device as it authenticates, for ServerConfig.Authorize.
+type Peer struct {
+	// Device is the authenticated device.
+	Device identity.ID
+	// Method says how it authenticated: "psk", "cert" or "token".
+	Method string
+	// Scheme is the transport: "coap", "coaps", "coap+tcp" or "coaps+tcp".
+	Scheme string
+	// Addr is the peer's network address.
+	Addr net.Addr
+	// Chain is the verified certificate chain, device first, when Method
+	// is "cert".
+	Chain []*x509.Certificate
 }
 
 // A Server serves resources over any of the four CoAP transports, one
@@ -114,6 +187,10 @@ type Server struct {
 	obs     observers
 	conns   atomic.Int64 // live connections
 	hs      *limiter     // handshakes, one bucket for the server
+	// admit counts live connections, in all and per source prefix.
+	adm *admission
+	// inflight bounds request bytes held across all connections.
+	inflight *semaphore.Weighted
 
 	mu       sync.RWMutex
 	routes   map[string]*route
@@ -141,12 +218,35 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.HandshakeRate.PerSecond <= 0 {
 		cfg.HandshakeRate = DefaultHandshakeRate
 	}
+	if cfg.MaxConnectionsPerPrefix <= 0 {
+		cfg.MaxConnectionsPerPrefix = DefaultMaxConnectionsPerPrefix
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxInFlightBytes <= 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if cfg.MaxUnauthenticated <= 0 {
+		cfg.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if cfg.UnauthenticatedIdle <= 0 {
+		cfg.UnauthenticatedIdle = DefaultUnauthenticatedIdle
+	}
+	if cfg.MaxObservations <= 0 {
+		cfg.MaxObservations = DefaultMaxObservations
+	}
+	cfg.MaxConnections = clampToFileLimit(cfg.MaxConnections)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, routes: make(map[string]*route), limiter: newLimiter(cfg.RateLimit),
-		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{})}
+		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{}),
+		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes)}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -385,11 +485,6 @@ func (s *Server) dtlsSession(cc *udpclient.Conn) *session {
 	}
 	return ss
 }
-
-var (
-	errTooManyConns  = errors.New("transport: connection limit reached")
-	errHandshakeRate = errors.New("transport: handshake rate limit reached")
-)
 
 // conn is what admit needs of a go-coap connection.
 type conn interface {

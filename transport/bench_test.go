@@ -109,7 +109,8 @@ func rawBenchHandler() mux.HandlerFunc {
 // benchServerConfig lifts the connection and handshake caps for the
 // benchmarks' hundreds of clients.
 func benchServerConfig() ServerConfig {
-	return ServerConfig{MaxConnections: 1 << 20, HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}}
+	return ServerConfig{MaxConnections: 1 << 20, MaxConnectionsPerPrefix: 1 << 20, MaxUnauthenticated: 1 << 20,
+		HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}, RateLimit: RateLimit{PerSecond: -1}, TokensOverUDP: true}
 }
 
 // benchFixture is newFixture with the benchmark resource. Its token
@@ -853,7 +854,7 @@ func TestTransportDTLSMemoryServer(t *testing.T) {
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Printf("mem %d %d %d %d %d\n", ms.HeapAlloc, ms.StackInuse, vmRSS(), runtime.NumGoroutine(), f.srv.conns.Load())
+		fmt.Printf("mem %d %d %d %d %d\n", ms.HeapAlloc, ms.StackInuse, vmRSS(), runtime.NumGoroutine(), f.srv.adm.live())
 	}
 }
 

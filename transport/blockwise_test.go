@@ -19,7 +19,8 @@ func TestLargeBodies(t *testing.T) {
 	sum := sha256.Sum256(big)
 	for _, scheme := range allSchemes {
 		t.Run(scheme, func(t *testing.T) {
-			f := newFixture(t, scheme, ServerConfig{})
+			// A block is a request: lift the per-peer rate limit.
+			f := newFixture(t, scheme, ServerConfig{RateLimit: RateLimit{PerSecond: -1}})
 			must(t, f.srv.Handle(Resource{
 				Path: "/v1/blob", Methods: []Method{GET, POST}, MaxBody: 512 << 10,
 				Handler: func(ctx context.Context, r *Request) (any, error) {

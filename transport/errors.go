@@ -23,6 +23,9 @@ const (
 	NotFound              Code = 0x84 // 4.04
 	MethodNotAllowed      Code = 0x85 // 4.05
 	NotAcceptable         Code = 0x86 // 4.06
+	// RequestEntityIncomplete is 4.08 (RFC 7959): a block-wise upload
+	// missed a block or its start.
+	RequestEntityIncomplete Code = 0x88 // 4.08
 	RequestEntityTooLarge Code = 0x8d // 4.13
 	UnsupportedFormat     Code = 0x8f // 4.15
 	TooManyRequests       Code = 0x9d // 4.29 (RFC 8516)

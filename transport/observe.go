@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -20,23 +21,55 @@ import (
 // notifications carry, and the last sequence number sent.
 type observer struct {
 	conn  mux.Conn
-	token message.Token
+	path  string
+	token string
 	dev   identity.ID
 	udp   bool
 
-	mu  sync.Mutex
-	seq uint32
+	mu      sync.Mutex
+	seq     uint32
+	sent    int       // notifications sent
+	lastCON time.Time // when a confirmable one was last acknowledged
+	pending bool      // a confirmable notification is in flight
+	mids    [4]int32  // message IDs of the last notifications, for RST
+	gone    bool
 }
 
+// observers indexes the registrations by path, by path and device, and by
+// connection and token, so that registering, deregistering and notifying
+// never scan the registrations of others.
 type observers struct {
-	mu    sync.Mutex
-	paths map[string]map[*observer]struct{}
+	mu     sync.Mutex
+	byPath map[string]map[*observer]struct{}
+	byDev  map[pathDev]map[*observer]struct{}
+	byConn map[mux.Conn]*connObservers
 }
+
+type pathDev struct {
+	path string
+	dev  identity.ID
+}
+
+// connObservers are the registrations of one connection.
+type connObservers struct {
+	byToken map[string]*observer
+	byMID   map[int32]*observer
+}
+
+// Confirmable notifications (RFC 7641 section 4.5): over UDP and DTLS
+// every confirmEvery-th notification, or the first after confirmAfter,
+// asks for an acknowledgement, so that an observer that has gone away is
+// dropped on its RST or when the retransmissions run out.
+const (
+	confirmEvery = 8
+	confirmAfter = 30 * time.Second
+)
 
 // observe handles the Observe option of a request that got code: a
 // registration on an observable resource records the observer and returns
 // the sequence number of this first notification; a deregistration
-// removes it.
+// removes it. A connection past MaxObservations is answered without the
+// Observe option, which tells it that it is not registered.
 func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool) {
 	obs, err := r.Observe()
 	if err != nil || Method(r.Code()) != GET {
@@ -46,7 +79,7 @@ func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool
 	if len(path) == 0 || path[0] != '/' {
 		path = "/" + path
 	}
-	token := append(message.Token(nil), r.Token()...)
+	token := string(r.Token())
 	switch obs {
 	case 0:
 		s.mu.RLock()
@@ -56,12 +89,13 @@ func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool
 			return 0, false
 		}
 		const first = 1
-		o := &observer{conn: conn, token: token, dev: sessionOf(conn).get(), seq: first, udp: isUDP(conn)}
-		s.obs.add(path, o)
-		conn.AddOnClose(func() { s.obs.remove(path, o) })
+		o := &observer{conn: conn, path: path, token: token, dev: sessionOf(conn).get(), seq: first, udp: isUDP(conn), lastCON: time.Now()}
+		if !s.obs.add(o, s.cfg.MaxObservations) {
+			return 0, false
+		}
 		return first, true
 	case 1:
-		s.obs.removeToken(path, conn, token)
+		s.obs.removeToken(conn, token)
 	}
 	return 0, false
 }
@@ -74,45 +108,136 @@ func isUDP(conn mux.Conn) bool {
 	return false
 }
 
-func (o *observers) add(path string, ob *observer) {
+// add registers ob, replacing a registration of the same connection and
+// token; it refuses one past max per connection.
+func (o *observers) add(ob *observer, max int) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.paths == nil {
-		o.paths = make(map[string]map[*observer]struct{})
+	if o.byPath == nil {
+		o.byPath = make(map[string]map[*observer]struct{})
+		o.byDev = make(map[pathDev]map[*observer]struct{})
+		o.byConn = make(map[mux.Conn]*connObservers)
 	}
-	if o.paths[path] == nil {
-		o.paths[path] = make(map[*observer]struct{})
+	co := o.byConn[ob.conn]
+	if co == nil {
+		co = &connObservers{byToken: make(map[string]*observer), byMID: make(map[int32]*observer)}
+		o.byConn[ob.conn] = co
 	}
-	// A client re-registering with the same token replaces its old
-	// registration.
-	for old := range o.paths[path] {
-		if old.conn == ob.conn && bytes.Equal(old.token, ob.token) {
-			delete(o.paths[path], old)
+	if old := co.byToken[ob.token]; old != nil {
+		o.removeLocked(old)
+	} else if len(co.byToken) >= max {
+		if len(co.byToken) == 0 {
+			delete(o.byConn, ob.conn)
 		}
+		return false
 	}
-	o.paths[path][ob] = struct{}{}
+	co.byToken[ob.token] = ob
+	if o.byPath[ob.path] == nil {
+		o.byPath[ob.path] = make(map[*observer]struct{})
+	}
+	o.byPath[ob.path][ob] = struct{}{}
+	k := pathDev{ob.path, ob.dev}
+	if o.byDev[k] == nil {
+		o.byDev[k] = make(map[*observer]struct{})
+	}
+	o.byDev[k][ob] = struct{}{}
+	return true
 }
 
-func (o *observers) remove(path string, ob *observer) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	delete(o.paths[path], ob)
-	if len(o.paths[path]) == 0 {
-		delete(o.paths, path)
+// removeLocked takes ob out of every index; o.mu is held.
+func (o *observers) removeLocked(ob *observer) {
+	if co := o.byConn[ob.conn]; co != nil && co.byToken[ob.token] == ob {
+		delete(co.byToken, ob.token)
+		ob.mu.Lock()
+		for _, mid := range ob.mids {
+			if co.byMID[mid] == ob {
+				delete(co.byMID, mid)
+			}
+		}
+		ob.gone = true
+		ob.mu.Unlock()
+		if len(co.byToken) == 0 {
+			delete(o.byConn, ob.conn)
+		}
+	}
+	if m := o.byPath[ob.path]; m != nil {
+		delete(m, ob)
+		if len(m) == 0 {
+			delete(o.byPath, ob.path)
+		}
+	}
+	k := pathDev{ob.path, ob.dev}
+	if m := o.byDev[k]; m != nil {
+		delete(m, ob)
+		if len(m) == 0 {
+			delete(o.byDev, k)
+		}
 	}
 }
 
-func (o *observers) removeToken(path string, conn mux.Conn, token message.Token) {
+func (o *observers) remove(ob *observer) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for ob := range o.paths[path] {
-		if ob.conn == conn && bytes.Equal(ob.token, token) {
-			delete(o.paths[path], ob)
+	o.removeLocked(ob)
+}
+
+func (o *observers) removeToken(conn mux.Conn, token string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if co := o.byConn[conn]; co != nil {
+		if ob := co.byToken[token]; ob != nil {
+			o.removeLocked(ob)
 		}
 	}
-	if len(o.paths[path]) == 0 {
-		delete(o.paths, path)
+}
+
+// dropConn removes every registration of a closed connection.
+func (o *observers) dropConn(c conn) {
+	mc, ok := c.(mux.Conn)
+	if !ok {
+		return
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if co := o.byConn[mc]; co != nil {
+		for _, ob := range co.byToken {
+			o.removeLocked(ob)
+		}
+	}
+}
+
+// reset handles an RST from a connection: if it answers a notification,
+// the observer has gone (RFC 7641 section 3.6).
+func (o *observers) reset(c conn, mid int32) {
+	mc, ok := c.(mux.Conn)
+	if !ok {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if co := o.byConn[mc]; co != nil {
+		if ob := co.byMID[mid]; ob != nil {
+			o.removeLocked(ob)
+		}
+	}
+}
+
+// sent records the message ID of a notification to ob.
+func (o *observers) sent(ob *observer, mid int32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	co := o.byConn[ob.conn]
+	if co == nil || co.byToken[ob.token] != ob {
+		return
+	}
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	i := ob.sent % len(ob.mids)
+	if old := ob.mids[i]; co.byMID[old] == ob {
+		delete(co.byMID, old)
+	}
+	ob.mids[i] = mid
+	co.byMID[mid] = ob
 }
 
 // list returns the observers of path, those of device dev only unless dev
@@ -120,20 +245,45 @@ func (o *observers) removeToken(path string, conn mux.Conn, token message.Token)
 func (o *observers) list(path string, dev identity.ID) []*observer {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var out []*observer
-	for ob := range o.paths[path] {
-		if dev.IsZero() || ob.dev == dev {
-			out = append(out, ob)
-		}
+	m := o.byPath[path]
+	if !dev.IsZero() {
+		m = o.byDev[pathDev{path, dev}]
+	}
+	out := make([]*observer, 0, len(m))
+	for ob := range m {
+		out = append(out, ob)
 	}
 	return out
 }
 
+// has reports whether connection c has a registration.
+func (o *observers) has(c conn) bool {
+	mc, ok := c.(mux.Conn)
+	if !ok {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.byConn[mc] != nil
+}
+
+func (o *observers) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, co := range o.byConn {
+		n += len(co.byToken)
+	}
+	return n
+}
+
 // Notify sends v, encoded as CBOR, to the observers of path: those of
 // device dev, or all of them when dev is the zero ID. It returns how many
-// observers it reached. Over UDP and DTLS notifications are
+// observers it reached. Over UDP and DTLS most notifications are
 // non-confirmable, so a lost one is repaired by the next; each carries the
-// whole current value, never a delta.
+// whole current value, never a delta. Now and then one is confirmable,
+// sent in the background: an observer that answers it with RST, or not
+// at all, is dropped.
 func (s *Server) Notify(ctx context.Context, path string, dev identity.ID, v any) (int, error) {
 	body, err := codec.Marshal(v)
 	if err != nil {
@@ -142,7 +292,7 @@ func (s *Server) Notify(ctx context.Context, path string, dev identity.ID, v any
 	n := 0
 	var firstErr error
 	for _, ob := range s.obs.list(path, dev) {
-		if err := ob.send(ctx, body); err != nil {
+		if err := s.notify(ctx, ob, body); err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("transport: notify %s: %w", ob.conn.RemoteAddr(), err)
 			}
@@ -153,22 +303,74 @@ func (s *Server) Notify(ctx context.Context, path string, dev identity.ID, v any
 	return n, firstErr
 }
 
-func (ob *observer) send(ctx context.Context, body []byte) error {
+// midConn is a connection that hands out message IDs (UDP and DTLS).
+type midConn interface{ GetMessageID() int32 }
+
+func (s *Server) notify(ctx context.Context, ob *observer, body []byte) error {
+	now := time.Now()
 	ob.mu.Lock()
+	if ob.gone {
+		ob.mu.Unlock()
+		return nil
+	}
 	ob.seq = (ob.seq + 1) & 0xffffff // 24-bit sequence numbers (RFC 7641 §4.4)
 	seq := ob.seq
+	ob.sent++
+	confirm := ob.udp && !ob.pending && (ob.sent%confirmEvery == 0 || now.Sub(ob.lastCON) >= confirmAfter)
+	if confirm {
+		ob.pending = true
+	}
 	ob.mu.Unlock()
 	m := ob.conn.AcquireMessage(ctx)
-	defer ob.conn.ReleaseMessage(m)
 	m.SetCode(codes.Content)
-	m.SetToken(ob.token)
+	m.SetToken(message.Token(ob.token))
 	m.SetObserve(seq)
 	m.SetContentFormat(message.AppCBOR)
 	m.SetBody(bytes.NewReader(body))
 	if ob.udp {
 		m.SetType(message.NonConfirmable)
+		if mc, ok := ob.conn.(midConn); ok {
+			mid := mc.GetMessageID()
+			m.SetMessageID(mid)
+			s.obs.sent(ob, mid)
+		}
 	}
-	return ob.conn.WriteMessage(m)
+	if !confirm {
+		defer ob.conn.ReleaseMessage(m)
+		return ob.conn.WriteMessage(m)
+	}
+	m.SetType(message.Confirmable)
+	s.mu.RLock()
+	closed := s.closed
+	if !closed {
+		s.wg.Add(1)
+	}
+	s.mu.RUnlock()
+	if closed {
+		ob.conn.ReleaseMessage(m)
+		return ErrClosed
+	}
+	go func() {
+		defer s.wg.Done()
+		defer ob.conn.ReleaseMessage(m)
+		// Bounded by go-coap's retransmissions (about 93 s at most),
+		// by the connection, and by Close.
+		cctx, cancel := context.WithTimeout(s.ctx, 2*time.Minute)
+		defer cancel()
+		m.SetContext(cctx)
+		err := ob.conn.WriteMessage(m)
+		ob.mu.Lock()
+		ob.pending = false
+		if err == nil {
+			ob.lastCON = time.Now()
+		}
+		ob.mu.Unlock()
+		if err != nil {
+			s.log.Debug("transport: observer dropped", "peer", ob.conn.RemoteAddr(), "path", ob.path, "err", err)
+			s.obs.remove(ob)
+		}
+	}()
+	return nil
 }
 
 func observeOption(seq uint32) message.Option {

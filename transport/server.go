@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -73,6 +72,10 @@ const (
 // 500 per second, in bursts of up to 1000.
 var DefaultHandshakeRate = RateLimit{PerSecond: 500, Burst: 1000}
 
+// DefaultRateLimit is the request rate a server allows each peer by
+// default: 50 per second, in bursts of up to 200.
+var DefaultRateLimit = RateLimit{PerSecond: 50, Burst: 200}
+
 // AuthPath is the resource where a device presents its token, once per
 // session, on a transport without client authentication.
 const AuthPath = "/v1/auth"
@@ -101,8 +104,10 @@ type ServerConfig struct {
 	// outage; the zero value means DefaultHandshakeRate.
 	HandshakeRate RateLimit
 	// RateLimit bounds requests per peer (per device once authenticated,
-	// per address before); excess requests get 4.29. The zero value means
-	// no limit.
+	// per address before). A peer over it is answered 4.29 at most once a
+	// second; its other requests are dropped unanswered, so that a flood
+	// costs the server as little as possible. The zero value means
+	// DefaultRateLimit; a negative PerSecond means no limit.
 	RateLimit RateLimit
 	// PSK returns a device's pre-shared key for DTLS-PSK
 	// (TLS_PSK_WITH_AES_128_CCM_8), the PSK identity being the device ID;
@@ -185,8 +190,9 @@ type Server struct {
 	log     *slog.Logger
 	limiter *limiter
 	obs     observers
-	conns   atomic.Int64 // live connections
 	hs      *limiter     // handshakes, one bucket for the server
+	unauth  *unauthPeers // plain-UDP peers not (yet) authenticated
+	devs    devices      // the live sessions of each device
 	// admit counts live connections, in all and per source prefix.
 	adm *admission
 	// inflight bounds request bytes held across all connections.
@@ -198,6 +204,10 @@ type Server struct {
 	stops    []func()
 	wg       sync.WaitGroup
 	tick     chan struct{} // closed by Close: ends go-coap's periodic runners
+	stop     chan struct{} // closed by Close: ends the sweeper
+	ctx      context.Context // canceled by Close
+	cancel   context.CancelFunc
+	live     map[*session]struct{}
 	linkBody []byte
 }
 
@@ -217,6 +227,12 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.HandshakeRate.PerSecond <= 0 {
 		cfg.HandshakeRate = DefaultHandshakeRate
+	}
+	switch {
+	case cfg.RateLimit.PerSecond == 0:
+		cfg.RateLimit = DefaultRateLimit
+	case cfg.RateLimit.PerSecond < 0:
+		cfg.RateLimit = RateLimit{} // no limit
 	}
 	if cfg.MaxConnectionsPerPrefix <= 0 {
 		cfg.MaxConnectionsPerPrefix = DefaultMaxConnectionsPerPrefix
@@ -246,7 +262,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	s := &Server{cfg: cfg, log: log, routes: make(map[string]*route), limiter: newLimiter(cfg.RateLimit),
 		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{}),
-		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes)}
+		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes),
+		unauth: newUnauthPeers(cfg.MaxUnauthenticated, cfg.MaxConnectionsPerPrefix, cfg.UnauthenticatedIdle),
+		stop:   make(chan struct{}), live: make(map[*session]struct{})}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -255,6 +273,10 @@ func NewServer(cfg ServerConfig) *Server {
 		}, dec: dec}
 	}
 	s.relink()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.unauth.keep = func(ss *session) bool { return s.obs.has(ss.conn) }
+	s.wg.Add(1)
+	go s.sweep()
 	return s
 }
 
@@ -326,7 +348,8 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := udp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, func() *session { return &session{} }) }),
+			options.WithRequestMonitor(s.udpFilter),
+			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admitUDP(cc) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap://" + l.LocalAddr().String(), nil
@@ -341,7 +364,8 @@ func (s *Server) Listen(address string) (string, error) {
 		}
 		srv := dtls.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
-			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, func() *session { return s.dtlsSession(cc) }) }),
+			options.WithRequestMonitor(s.udpFilter),
+			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, "coaps", func(ss *session) { s.dtlsSession(cc, ss) }) }),
 		)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coaps://" + l.Addr().String(), nil
@@ -353,14 +377,14 @@ func (s *Server) Listen(address string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		s.serveTCP(l, s.tlsSession, options.WithMux(m), errs, maxMsg, ticker)
+		s.serveTCP(l, "coaps+tcp", s.tlsSession, options.WithMux(m), errs, maxMsg, ticker)
 		return "coaps+tcp://" + l.Addr().String(), nil
 	case "coap+tcp":
 		l, err := coapnet.NewTCPListener("tcp", u.Host)
 		if err != nil {
 			return "", err
 		}
-		s.serveTCP(l, func(*tcpclient.Conn) *session { return &session{} }, options.WithMux(m), errs, maxMsg, ticker)
+		s.serveTCP(l, "coap+tcp", func(*tcpclient.Conn, *session) {}, options.WithMux(m), errs, maxMsg, ticker)
 		return "coap+tcp://" + l.Addr().String(), nil
 	}
 	return "", fmt.Errorf("transport: unsupported scheme %q", u.Scheme)
@@ -381,7 +405,7 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 		piondtls.WithLoggerFactory(silentLogs{}),
 		// Refuse a handshake before any work when over the caps.
 		piondtls.WithOnConnectionAttempt(func(net.Addr) error {
-			if s.conns.Load() >= int64(s.cfg.MaxConnections) {
+			if s.adm.full() {
 				return errTooManyConns
 			}
 			if !s.hs.allow("", time.Now()) {
@@ -472,18 +496,18 @@ func (s *Server) tlsConfig() *tls.Config {
 
 // dtlsSession returns the session of a new DTLS connection, whose device
 // is the PSK identity or the certificate chain the handshake proved.
-func (s *Server) dtlsSession(cc *udpclient.Conn) *session {
-	ss := &session{}
+func (s *Server) dtlsSession(cc *udpclient.Conn, ss *session) {
 	if dc, ok := cc.NetConn().(*piondtls.Conn); ok {
 		if st, ok := dc.ConnectionState(); ok {
 			if len(st.PeerCertificates) > 0 {
-				ss.device, _ = s.deviceFromChain(st.PeerCertificates)
+				if id, err := s.deviceFromChain(st.PeerCertificates); err == nil {
+					s.bind(ss, id)
+				}
 			} else if id, err := identity.ParseID(string(st.IdentityHint)); err == nil {
-				ss.device = id
+				s.bind(ss, id)
 			}
 		}
 	}
-	return ss
 }
 
 // conn is what admit needs of a go-coap connection.
@@ -492,49 +516,157 @@ type conn interface {
 	AddOnClose(func())
 	Close() error
 	RemoteAddr() net.Addr
+	Context() context.Context
 }
 
-// admit counts a new connection against MaxConnections, closing it if
-// the server is full, and attaches its session.
-func (s *Server) admit(cc conn, sess func() *session) {
-	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
-		s.conns.Add(-1)
-		s.log.Warn("transport: connection refused", "peer", cc.RemoteAddr(), "err", errTooManyConns)
+// admit counts a new connection against MaxConnections and its source
+// prefix's share, closing it if either is full, and attaches its
+// session; authenticate binds the device a handshake proved.
+func (s *Server) admit(cc conn, scheme string, authenticate func(*session)) {
+	leave, err := s.adm.enter(cc.RemoteAddr())
+	if err != nil {
+		s.log.Debug("transport: connection refused", "peer", cc.RemoteAddr(), "err", err)
 		cc.Close()
 		return
 	}
-	cc.AddOnClose(func() { s.conns.Add(-1) })
-	cc.SetContextValue(sessionKey{}, sess())
+	ss := s.attach(cc, scheme)
+	ss.leave = leave
+	authenticate(ss)
+}
+
+// admitUDP takes a new plain-UDP peer into the unauthenticated quota,
+// forgetting the peers it evicts.
+func (s *Server) admitUDP(cc conn) {
+	ss := s.attach(cc, "coap")
+	for _, old := range s.unauth.add(ss) {
+		old.conn.Close()
+	}
+}
+
+// attach makes the session of a new connection and the one hook that
+// cleans up after it.
+func (s *Server) attach(cc conn, scheme string) *session {
+	ss := &session{scheme: scheme, conn: cc}
+	ss.touch(time.Now())
+	cc.SetContextValue(sessionKey{}, ss)
+	s.mu.Lock()
+	s.live[ss] = struct{}{}
+	s.mu.Unlock()
+	cc.AddOnClose(func() { s.detach(ss) })
+	return ss
+}
+
+// detach releases everything a closed connection held.
+func (s *Server) detach(ss *session) {
+	s.mu.Lock()
+	delete(s.live, ss)
+	s.mu.Unlock()
+	s.unauth.remove(ss)
+	s.expireTransfers(ss, time.Time{}, true)
+	s.obs.dropConn(ss.conn)
+	ss.mu.Lock()
+	ss.closed = true
+	dev, leave := ss.device, ss.leave
+	ss.leave = nil
+	ss.mu.Unlock()
+	if !dev.IsZero() {
+		s.devs.remove(dev, ss)
+	}
+	if leave != nil {
+		leave()
+	}
+}
+
+// bind records that ss is authenticated as device id.
+func (s *Server) bind(ss *session, id identity.ID) {
+	ss.mu.Lock()
+	old, closed := ss.device, ss.closed
+	ss.device = id
+	ss.mu.Unlock()
+	if closed {
+		return
+	}
+	if !old.IsZero() && old != id {
+		s.devs.remove(old, ss)
+	}
+	s.devs.add(id, ss)
+}
+
+// authorize asks ServerConfig.Authorize about a device.
+func (s *Server) authorize(ctx context.Context, p Peer) error {
+	if s.cfg.Authorize == nil {
+		return nil
+	}
+	return s.cfg.Authorize(ctx, p)
+}
+
+// Revoke closes every session device id has, on every transport, at
+// once, and returns how many it closed. Pair it with an Authorize hook
+// that refuses the device, or it may come back.
+func (s *Server) Revoke(id identity.ID) int {
+	ss := s.devs.sessions(id)
+	for _, x := range ss {
+		s.devs.remove(id, x)
+		x.conn.Close()
+	}
+	return len(ss)
+}
+
+// sweep forgets, once a second, the unauthenticated UDP peers that went
+// quiet and the block-wise uploads that stalled.
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			for _, ss := range s.unauth.expired(now) {
+				ss.conn.Close()
+			}
+			s.mu.RLock()
+			live := make([]*session, 0, len(s.live))
+			for ss := range s.live {
+				live = append(live, ss)
+			}
+			s.mu.RUnlock()
+			for _, ss := range live {
+				s.expireTransfers(ss, now, false)
+			}
+		}
+	}
 }
 
 // tlsSession completes the TLS handshake of a new connection and returns
 // its session, authenticated if the device presented its certificate.
-func (s *Server) tlsSession(cc *tcpclient.Conn) *session {
-	ss := &session{}
+func (s *Server) tlsSession(cc *tcpclient.Conn, ss *session) {
 	tc, ok := cc.NetConn().(*tls.Conn)
 	if !ok {
-		return ss
+		return
 	}
 	if !s.hs.allow("", time.Now()) {
-		s.log.Warn("transport: TLS connection refused", "peer", cc.RemoteAddr(), "err", errHandshakeRate)
+		s.log.Debug("transport: TLS connection refused", "peer", cc.RemoteAddr(), "err", errHandshakeRate)
 		cc.Close()
-		return ss
+		return
 	}
-	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		s.log.Info("transport: TLS handshake failed", "peer", cc.RemoteAddr(), "err", err)
+		s.log.Debug("transport: TLS handshake failed", "peer", cc.RemoteAddr(), "err", err)
 		cc.Close()
-		return ss
+		return
 	}
 	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
 		raw := make([][]byte, len(st.PeerCertificates))
 		for i, c := range st.PeerCertificates {
 			raw[i] = c.Raw
 		}
-		ss.device, _ = s.deviceFromChain(raw)
+		if id, err := s.deviceFromChain(raw); err == nil {
+			s.bind(ss, id)
+		}
 	}
-	return ss
 }
 
 // udpReadBuffer is the socket receive buffer a UDP listener asks for (the
@@ -557,10 +689,11 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 
 // serveTCP serves a TCP or TLS listener; sess makes each connection's
 // session (completing the TLS handshake, for TLS).
-func (s *Server) serveTCP(l tcpserver.Listener, sess func(*tcpclient.Conn) *session, opts ...tcpserver.Option) {
+func (s *Server) serveTCP(l tcpserver.Listener, scheme string, authenticate func(*tcpclient.Conn, *session), opts ...tcpserver.Option) {
 	opts = append(opts,
+		options.WithRequestMonitor(s.tcpFilter),
 		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-		options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return sess(cc) }) }))
+		options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, scheme, func(ss *session) { authenticate(cc, ss) }) }))
 	srv := tcp.NewServer(opts...)
 	s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 }
@@ -588,6 +721,8 @@ func (s *Server) Close() error {
 	s.closed = true
 	stops := s.stops
 	s.stops = nil
+	close(s.stop)
+	s.cancel()
 	s.mu.Unlock()
 	for _, stop := range stops {
 		stop()
@@ -597,42 +732,32 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// session is the per-connection state: who authenticated on it.
-type session struct {
-	mu     sync.Mutex
-	device identity.ID
-}
-
-type sessionKey struct{}
-
-func sessionOf(c mux.Conn) *session {
-	if s, ok := c.Context().Value(sessionKey{}).(*session); ok {
-		return s
-	}
-	return &session{}
-}
-
-func (ss *session) get() identity.ID {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.device
-}
-
-func (ss *session) set(id identity.ID) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	ss.device = id
-}
-
 func (s *Server) serveCOAP(w mux.ResponseWriter, r *mux.Message) {
-	code, format, body := s.dispatch(w.Conn(), r)
+	var opts []message.Option
+	p := preOf(r.Context())
+	var code Code
+	var format Format
+	var body []byte
+	switch {
+	case p != nil && p.reply != nil:
+		code, format, body = errorReply(p.reply)
+	case p != nil && p.code != 0:
+		code = p.code
+	default:
+		code, format, body = s.dispatch(w.Conn(), r)
+		if seq, ok := s.observe(w.Conn(), r, code); ok {
+			opts = append(opts, observeOption(seq))
+		}
+	}
+	if p != nil {
+		if p.release != nil {
+			p.release()
+		}
+		opts = append(opts, p.opts...)
+	}
 	var rd io.ReadSeeker
 	if body != nil {
 		rd = bytes.NewReader(body)
-	}
-	var opts []message.Option
-	if seq, ok := s.observe(w.Conn(), r, code); ok {
-		opts = append(opts, observeOption(seq))
 	}
 	if err := w.SetResponse(codes.Code(code), message.MediaType(format), rd, opts...); err != nil {
 		s.log.Debug("transport: writing response", "err", err)
@@ -654,15 +779,6 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 	}
 	ss := sessionOf(conn)
 	dev := ss.get()
-	if s.limiter != nil {
-		key := dev.String()
-		if dev.IsZero() {
-			key = conn.RemoteAddr().String()
-		}
-		if !s.limiter.allow(key, time.Now()) {
-			return errorReply(Errorf(TooManyRequests, "rate limit"))
-		}
-	}
 	if path == wellKnownCore {
 		if method != GET {
 			return errorReply(Errorf(MethodNotAllowed, "GET only"))
@@ -740,16 +856,47 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 // authHandler verifies a device token and binds its device to the session.
 func (s *Server) authHandler(ss *session) Handler {
 	return func(ctx context.Context, r *Request) (any, error) {
+		if ss.scheme == "coap" && !s.cfg.TokensOverUDP {
+			return nil, Errorf(Unauthorized, "tokens are not accepted over coap://: use coaps://, coap+tcp:// or coaps+tcp://")
+		}
 		var tok string
 		if err := r.Decode(&tok); err != nil {
 			return nil, err
 		}
 		c, err := s.cfg.Tokens.Verify(ctx, tok)
 		if err != nil {
-			s.log.Info("transport: token refused", "err", err)
+			s.log.Debug("transport: token refused", "err", err)
 			return nil, Errorf(Unauthorized, "token refused")
 		}
-		ss.set(c.Device)
+		if err := s.authorize(ctx, Peer{Device: c.Device, Method: "token", Scheme: ss.scheme, Addr: ss.conn.RemoteAddr()}); err != nil {
+			s.log.Debug("transport: device refused", "device", c.Device, "err", err)
+			return nil, Errorf(Unauthorized, "device refused")
+		}
+		if ss.scheme == "coap" {
+			// An authenticated UDP peer leaves the small unauthenticated
+			// quota for a connection slot.
+			ss.mu.Lock()
+			has := ss.leave != nil
+			ss.mu.Unlock()
+			if !has {
+				leave, err := s.adm.enter(ss.conn.RemoteAddr())
+				if err != nil {
+					return nil, Errorf(ServiceUnavailable, "server full")
+				}
+				ss.mu.Lock()
+				closed := ss.closed
+				if !closed {
+					ss.leave = leave
+				}
+				ss.mu.Unlock()
+				if closed {
+					leave()
+					return nil, Errorf(Unauthorized, "connection closed")
+				}
+				s.unauth.remove(ss)
+			}
+		}
+		s.bind(ss, c.Device)
 		return &Response{Code: Changed}, nil
 	}
 }

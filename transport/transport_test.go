@@ -72,6 +72,11 @@ func newFixture(t testing.TB, scheme string, cfg ServerConfig) *fixture {
 			return DerivePSK(fleetSecret, id)
 		}
 	}
+	if scheme == "coap" {
+		// The conformance tables authenticate on every transport; the
+		// default refusal of tokens over coap:// has its own tests.
+		cfg.TokensOverUDP = true
+	}
 	f.scheme = scheme
 	f.pki = newTestPKI(t, f.devKey)
 	if cfg.Certificate == nil {

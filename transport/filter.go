@@ -1,0 +1,147 @@
+package transport
+
+import (
+	"context"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	tcpclient "github.com/plgd-dev/go-coap/v3/tcp/client"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+)
+
+// The filter sees every message a peer sends, parsed, before go-coap
+// caches, reassembles or dispatches it (go-coap's request monitor). It
+// runs on the connection's read path, so it only looks things up; it
+// drops what no client of ours sends, applies the per-peer rate limit,
+// and takes Block1 uploads.
+//
+// Dropping over-limit requests rather than answering each one matters
+// over UDP: go-coap keeps every answer for 247 s to deduplicate
+// retransmissions and scans that cache on every datagram from the peer,
+// so the answers to a flood would make each of its datagrams slower than
+// the last. A peer over its limit is told 4.29 a few times and then at
+// most once a second.
+
+func (s *Server) udpFilter(cc *udpclient.Conn, m *pool.Message) (bool, error) {
+	return s.filter(cc, m, false), nil
+}
+
+func (s *Server) tcpFilter(cc *tcpclient.Conn, m *pool.Message) (bool, error) {
+	return s.filter(cc, m, true), nil
+}
+
+// filter reports whether to drop m.
+func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
+	ss, _ := cc.Context().Value(sessionKey{}).(*session)
+	if ss == nil {
+		return true // not admitted (yet)
+	}
+	now := time.Now()
+	ss.touch(now)
+	if ss.scheme == "coap" {
+		s.unauth.seen(ss)
+	}
+	code := m.Code()
+	if !tcp {
+		switch m.Type() {
+		case message.Acknowledgement, message.Reset:
+			// We send no requests, so an ACK or RST is only ever the
+			// empty answer to a confirmable notification or a ping.
+			if code != codes.Empty || len(m.Token()) > 0 || hasPayload(m) {
+				return true
+			}
+			if m.Type() == message.Reset {
+				s.obs.reset(cc, m.MessageID())
+			}
+			return false
+		}
+	}
+	isRequest := code >= codes.GET && code < 32
+	switch {
+	case code == codes.Empty:
+	case tcp && code>>5 == 7: // signalling (RFC 8323 section 5)
+		return false
+	case !isRequest:
+		return true // a response, or a code no peer should send us
+	}
+	dev := ss.get()
+	key := dev.String()
+	if dev.IsZero() {
+		key = cc.RemoteAddr().String()
+	}
+	if !s.limiter.allow(key, now) {
+		if !isRequest {
+			return true
+		}
+		// Over TCP nothing is cached and a dropped request would only
+		// hang the client: every one is answered.
+		if !tcp && !ss.tell(now) {
+			return true
+		}
+		mark(m, &pre{reply: Errorf(TooManyRequests, "rate limit"),
+			opts: []message.Option{uintOption(message.MaxAge, 1)}})
+		stripBlocks(m)
+		return false
+	}
+	if isRequest && m.HasOption(message.Block1) {
+		path, err := m.Path()
+		if err != nil {
+			mark(m, &pre{reply: Errorf(BadOption, "bad path")})
+			stripBlocks(m)
+			return false
+		}
+		if path == "" || path[0] != '/' {
+			path = "/" + path
+		}
+		s.mu.RLock()
+		rt := s.routes[path]
+		s.mu.RUnlock()
+		p := s.block1(ss, m, rt, !dev.IsZero(), tcp, now)
+		if p.release == nil {
+			stripBlocks(m)
+		}
+		mark(m, p)
+	}
+	return false
+}
+
+// Notices: a UDP peer over its rate limit is told 4.29 up to noticeBurst
+// times at once and then once per second; go-coap caches each answer.
+const noticeBurst = 4
+
+// tell reports whether a request over the limit may be answered.
+func (ss *session) tell(now time.Time) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.told.IsZero() {
+		ss.notices = noticeBurst
+	} else {
+		ss.notices = min(noticeBurst, ss.notices+now.Sub(ss.told).Seconds())
+	}
+	ss.told = now
+	if ss.notices < 1 {
+		return false
+	}
+	ss.notices--
+	return true
+}
+
+// mark attaches the filter's decision to m's context for dispatch.
+func mark(m *pool.Message, p *pre) {
+	m.SetContext(context.WithValue(m.Context(), preKey{}, p))
+}
+
+// stripBlocks takes a request that is answered early out of go-coap's
+// block-wise handling: no Block1 to reassemble, no body to hold.
+func stripBlocks(m *pool.Message) {
+	m.Remove(message.Block1)
+	m.Remove(message.Size1)
+	m.SetBody(nil)
+}
+
+func hasPayload(m *pool.Message) bool {
+	n, err := m.BodySize()
+	return err == nil && n > 0
+}

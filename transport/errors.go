@@ -11,27 +11,27 @@ type Code uint8
 
 // Response codes used by the v1 resources.
 const (
-	Created               Code = 0x41 // 2.01
-	Deleted               Code = 0x42 // 2.02
-	Valid                 Code = 0x43 // 2.03
-	Changed               Code = 0x44 // 2.04
-	Content               Code = 0x45 // 2.05
-	BadRequest            Code = 0x80 // 4.00: malformed input
-	Unauthorized          Code = 0x81 // 4.01: not authenticated
-	BadOption             Code = 0x82 // 4.02
-	Forbidden             Code = 0x83 // 4.03: not allowed by policy or consent
-	NotFound              Code = 0x84 // 4.04
-	MethodNotAllowed      Code = 0x85 // 4.05
-	NotAcceptable         Code = 0x86 // 4.06
+	Created          Code = 0x41 // 2.01
+	Deleted          Code = 0x42 // 2.02
+	Valid            Code = 0x43 // 2.03
+	Changed          Code = 0x44 // 2.04
+	Content          Code = 0x45 // 2.05
+	BadRequest       Code = 0x80 // 4.00: malformed input
+	Unauthorized     Code = 0x81 // 4.01: not authenticated
+	BadOption        Code = 0x82 // 4.02
+	Forbidden        Code = 0x83 // 4.03: not allowed by policy or consent
+	NotFound         Code = 0x84 // 4.04
+	MethodNotAllowed Code = 0x85 // 4.05
+	NotAcceptable    Code = 0x86 // 4.06
 	// RequestEntityIncomplete is 4.08 (RFC 7959): a block-wise upload
 	// missed a block or its start.
 	RequestEntityIncomplete Code = 0x88 // 4.08
-	RequestEntityTooLarge Code = 0x8d // 4.13
-	UnsupportedFormat     Code = 0x8f // 4.15
-	TooManyRequests       Code = 0x9d // 4.29 (RFC 8516)
-	InternalServerError   Code = 0xa0 // 5.00
-	ServiceUnavailable    Code = 0xa3 // 5.03: overloaded
-	GatewayTimeout        Code = 0xa4 // 5.04
+	RequestEntityTooLarge   Code = 0x8d // 4.13
+	UnsupportedFormat       Code = 0x8f // 4.15
+	TooManyRequests         Code = 0x9d // 4.29 (RFC 8516)
+	InternalServerError     Code = 0xa0 // 5.00
+	ServiceUnavailable      Code = 0xa3 // 5.03: overloaded
+	GatewayTimeout          Code = 0xa4 // 5.04
 )
 
 // String returns the dotted form, such as "4.04".

@@ -203,8 +203,8 @@ type Server struct {
 	closed   bool
 	stops    []func()
 	wg       sync.WaitGroup
-	tick     chan struct{} // closed by Close: ends go-coap's periodic runners
-	stop     chan struct{} // closed by Close: ends the sweeper
+	tick     chan struct{}   // closed by Close: ends go-coap's periodic runners
+	stop     chan struct{}   // closed by Close: ends the sweeper
 	ctx      context.Context // canceled by Close
 	cancel   context.CancelFunc
 	live     map[*session]struct{}

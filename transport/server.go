@@ -176,7 +176,8 @@ type Peer struct {
 	Method string
 	// Scheme is the transport: "coap", "coaps", "coap+tcp" or "coaps+tcp".
 	Scheme string
-	// Addr is the peer's network address.
+	// Addr is the peer's network address, when known: handshakes are
+	// authorized before the connection exists (nil then), tokens after.
 	Addr net.Addr
 	// Chain is the verified certificate chain, device first, when Method
 	// is "cert".
@@ -427,8 +428,15 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 				if err != nil {
 					return nil, err
 				}
+				if id.String() != string(hint) {
+					// One device, one name: no other spelling of its ID.
+					return nil, errors.New("transport: PSK identity is not a device ID in canonical form")
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 				defer cancel()
+				if err := s.authorize(ctx, Peer{Device: id, Method: "psk", Scheme: "coaps"}); err != nil {
+					return nil, err
+				}
 				return s.cfg.PSK(ctx, id)
 			})), nil
 	case "cert":
@@ -439,7 +447,7 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 			piondtls.WithCipherSuites(piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8),
 			piondtls.WithCertificates(*s.cfg.Certificate),
 			piondtls.WithClientAuth(pionClientAuth(s.clientAuth())),
-			piondtls.WithVerifyPeerCertificate(s.verifyDevice)), nil
+			piondtls.WithVerifyPeerCertificate(s.verifyDevice("coaps"))), nil
 	}
 	return nil, fmt.Errorf("transport: unknown auth %q (want psk or cert)", auth)
 }
@@ -460,14 +468,30 @@ func pionClientAuth(a tls.ClientAuthType) piondtls.ClientAuthType {
 	return piondtls.RequestClientCert
 }
 
-// verifyDevice checks a device certificate chain during the handshake, so
-// a bad chain fails the handshake and never reaches a handler.
-func (s *Server) verifyDevice(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
-		return nil // no certificate: the device may still post a token
+// verifyDevice checks a device certificate chain during the handshake,
+// and asks Authorize about the device, so that a bad chain or a refused
+// device fails the handshake and never reaches a handler.
+func (s *Server) verifyDevice(scheme string) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return nil // no certificate: the device may still post a token
+		}
+		id, err := s.deviceFromChain(raw)
+		if err != nil || s.cfg.Authorize == nil {
+			return err
+		}
+		chain := make([]*x509.Certificate, 0, len(raw))
+		for _, r := range raw {
+			c, err := x509.ParseCertificate(r)
+			if err != nil {
+				return err
+			}
+			chain = append(chain, c)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		defer cancel()
+		return s.authorize(ctx, Peer{Device: id, Method: "cert", Scheme: scheme, Chain: chain})
 	}
-	_, err := s.deviceFromChain(raw)
-	return err
 }
 
 func (s *Server) deviceFromChain(raw [][]byte) (identity.ID, error) {
@@ -490,7 +514,7 @@ func (s *Server) tlsConfig() *tls.Config {
 		MinVersion:            tls.VersionTLS12,
 		Certificates:          []tls.Certificate{*s.cfg.Certificate},
 		ClientAuth:            s.clientAuth(),
-		VerifyPeerCertificate: s.verifyDevice,
+		VerifyPeerCertificate: s.verifyDevice("coaps+tcp"),
 	}
 }
 

@@ -52,8 +52,8 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 			if code != codes.Empty || len(m.Token()) > 0 || hasPayload(m) {
 				return true
 			}
-			if m.Type() == message.Reset {
-				s.obs.reset(cc, m.MessageID())
+			if s.obs.answer(cc, m.MessageID(), m.Type() == message.Reset) {
+				return true // ours, not go-coap's
 			}
 			return false
 		}
@@ -72,12 +72,15 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 		key = cc.RemoteAddr().String()
 	}
 	if !s.limiter.allow(key, now) {
-		if !isRequest {
-			return true
-		}
 		// Over TCP nothing is cached and a dropped request would only
-		// hang the client: every one is answered.
-		if !tcp && !ss.tell(now) {
+		// hang the client: every request is answered.
+		if !isRequest || (!tcp && !s.notices.allow(key, now)) {
+			if ss.scheme == "coap" && ss.drops.Add(1) >= abuseDrops {
+				// go-coap scans this peer's response cache on every
+				// datagram it sends: a peer that floods loses it, and
+				// the session, and starts again empty.
+				cc.Close()
+			}
 			return true
 		}
 		mark(m, &pre{reply: Errorf(TooManyRequests, "rate limit"),
@@ -107,26 +110,13 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 	return false
 }
 
-// Notices: a UDP peer over its rate limit is told 4.29 up to noticeBurst
-// times at once and then once per second; go-coap caches each answer.
-const noticeBurst = 4
-
-// tell reports whether a request over the limit may be answered.
-func (ss *session) tell(now time.Time) bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.told.IsZero() {
-		ss.notices = noticeBurst
-	} else {
-		ss.notices = min(noticeBurst, ss.notices+now.Sub(ss.told).Seconds())
-	}
-	ss.told = now
-	if ss.notices < 1 {
-		return false
-	}
-	ss.notices--
-	return true
-}
+// A UDP peer over its rate limit is told 4.29 up to noticeBurst times at
+// once and then once a second (go-coap caches each answer); after
+// abuseDrops dropped datagrams a plain-UDP peer's connection is closed.
+const (
+	noticeBurst = 4
+	abuseDrops  = 256
+)
 
 // mark attaches the filter's decision to m's context for dispatch.
 func mark(m *pool.Message, p *pre) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	"github.com/plgd-dev/go-coap/v3/mux"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/internal/codec"
@@ -54,6 +56,9 @@ type pathDev struct {
 type connObservers struct {
 	byToken map[string]*observer
 	byMID   map[int32]*observer
+	// acks wait for the answer to a confirmable notification: true for
+	// an ACK, false for an RST.
+	acks map[int32]chan bool
 }
 
 // Confirmable notifications (RFC 7641 section 4.5): over UDP and DTLS
@@ -120,7 +125,7 @@ func (o *observers) add(ob *observer, max int) bool {
 	}
 	co := o.byConn[ob.conn]
 	if co == nil {
-		co = &connObservers{byToken: make(map[string]*observer), byMID: make(map[int32]*observer)}
+		co = &connObservers{byToken: make(map[string]*observer), byMID: make(map[int32]*observer), acks: make(map[int32]chan bool)}
 		o.byConn[ob.conn] = co
 	}
 	if old := co.byToken[ob.token]; old != nil {
@@ -206,19 +211,53 @@ func (o *observers) dropConn(c conn) {
 	}
 }
 
-// reset handles an RST from a connection: if it answers a notification,
-// the observer has gone (RFC 7641 section 3.6).
-func (o *observers) reset(c conn, mid int32) {
+// answer takes an empty ACK or RST from a connection and reports whether
+// it answered a notification. An RST means the observer has gone (RFC
+// 7641 section 3.6).
+func (o *observers) answer(c conn, mid int32, rst bool) bool {
 	mc, ok := c.(mux.Conn)
 	if !ok {
-		return
+		return false
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if co := o.byConn[mc]; co != nil {
-		if ob := co.byMID[mid]; ob != nil {
+	co := o.byConn[mc]
+	if co == nil {
+		return false
+	}
+	matched := false
+	if ch := co.acks[mid]; ch != nil {
+		delete(co.acks, mid)
+		ch <- !rst
+		matched = true
+	}
+	if ob := co.byMID[mid]; ob != nil {
+		matched = true
+		if rst {
 			o.removeLocked(ob)
 		}
+	}
+	return matched
+}
+
+// await registers a wait for the answer to confirmable notification mid.
+func (o *observers) await(ob *observer, mid int32) chan bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	co := o.byConn[ob.conn]
+	if co == nil {
+		return nil
+	}
+	ch := make(chan bool, 1)
+	co.acks[mid] = ch
+	return ch
+}
+
+func (o *observers) unawait(ob *observer, mid int32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if co := o.byConn[ob.conn]; co != nil {
+		delete(co.acks, mid)
 	}
 }
 
@@ -303,8 +342,20 @@ func (s *Server) Notify(ctx context.Context, path string, dev identity.ID, v any
 	return n, firstErr
 }
 
-// midConn is a connection that hands out message IDs (UDP and DTLS).
-type midConn interface{ GetMessageID() int32 }
+// datagramConn is a UDP or DTLS connection: notifications are written
+// straight to its session, with message IDs of ours, so that the ACK or
+// RST that answers one can be matched to it.
+type datagramConn interface {
+	GetMessageID() int32
+	Session() udpclient.Session
+}
+
+// CoAP's transmission parameters (RFC 7252 section 4.8) for confirmable
+// notifications.
+const (
+	ackTimeout    = 2 * time.Second
+	maxRetransmit = 4
+)
 
 func (s *Server) notify(ctx context.Context, ob *observer, body []byte) error {
 	now := time.Now()
@@ -327,17 +378,18 @@ func (s *Server) notify(ctx context.Context, ob *observer, body []byte) error {
 	m.SetObserve(seq)
 	m.SetContentFormat(message.AppCBOR)
 	m.SetBody(bytes.NewReader(body))
-	if ob.udp {
-		m.SetType(message.NonConfirmable)
-		if mc, ok := ob.conn.(midConn); ok {
-			mid := mc.GetMessageID()
-			m.SetMessageID(mid)
-			s.obs.sent(ob, mid)
-		}
-	}
-	if !confirm {
+	dc, ok := ob.conn.(datagramConn)
+	if !ob.udp || !ok {
 		defer ob.conn.ReleaseMessage(m)
 		return ob.conn.WriteMessage(m)
+	}
+	mid := dc.GetMessageID()
+	m.SetMessageID(mid)
+	s.obs.sent(ob, mid)
+	if !confirm {
+		defer ob.conn.ReleaseMessage(m)
+		m.SetType(message.NonConfirmable)
+		return dc.Session().WriteMessage(m)
 	}
 	m.SetType(message.Confirmable)
 	s.mu.RLock()
@@ -353,24 +405,54 @@ func (s *Server) notify(ctx context.Context, ob *observer, body []byte) error {
 	go func() {
 		defer s.wg.Done()
 		defer ob.conn.ReleaseMessage(m)
-		// Bounded by go-coap's retransmissions (about 93 s at most),
-		// by the connection, and by Close.
-		cctx, cancel := context.WithTimeout(s.ctx, 2*time.Minute)
-		defer cancel()
-		m.SetContext(cctx)
-		err := ob.conn.WriteMessage(m)
+		acked := s.confirm(dc, ob, m, mid)
 		ob.mu.Lock()
 		ob.pending = false
-		if err == nil {
+		if acked {
 			ob.lastCON = time.Now()
 		}
 		ob.mu.Unlock()
-		if err != nil {
-			s.log.Debug("transport: observer dropped", "peer", ob.conn.RemoteAddr(), "path", ob.path, "err", err)
+		if !acked {
+			s.log.Debug("transport: observer dropped", "peer", ob.conn.RemoteAddr(), "path", ob.path)
 			s.obs.remove(ob)
 		}
 	}()
 	return nil
+}
+
+// confirm sends a confirmable notification, retransmitting it with
+// exponential back-off, and reports whether it was acknowledged.
+func (s *Server) confirm(dc datagramConn, ob *observer, m *pool.Message, mid int32) bool {
+	ch := s.obs.await(ob, mid)
+	if ch == nil {
+		return false
+	}
+	defer s.obs.unawait(ob, mid)
+	timeout := ackTimeout
+	if s.ackTimeout > 0 {
+		timeout = s.ackTimeout
+	}
+	timeout += time.Duration(rand.Int64N(int64(timeout / 2))) // ACK_RANDOM_FACTOR 1.5
+	for range maxRetransmit + 1 {
+		if err := dc.Session().WriteMessage(m); err != nil {
+			return false
+		}
+		t := time.NewTimer(timeout)
+		select {
+		case ok := <-ch:
+			t.Stop()
+			return ok
+		case <-t.C:
+		case <-ob.conn.Done():
+			t.Stop()
+			return false
+		case <-s.stop:
+			t.Stop()
+			return false
+		}
+		timeout *= 2
+	}
+	return false
 }
 
 func observeOption(seq uint32) message.Option {

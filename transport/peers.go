@@ -19,13 +19,13 @@ type session struct {
 	conn   conn
 	// lastSeen is when the peer last sent anything (Unix nanoseconds).
 	lastSeen atomic.Int64
+	// drops counts the datagrams dropped over the rate limit.
+	drops atomic.Int32
 
 	mu        sync.Mutex
 	device    identity.ID
 	leave     func() // gives back the admission slot; nil if none
 	transfers map[string]*transfer
-	told      time.Time // when notices was last updated
-	notices   float64   // 4.29 answers the peer may still be sent now
 	closed    bool
 	// unauth links the session into the unauthenticated-UDP table.
 	unauth, unauthPrefix *list.Element

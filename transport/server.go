@@ -28,6 +28,7 @@ import (
 	tcpserver "github.com/plgd-dev/go-coap/v3/tcp/server"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/sensible-iot/sensible/device/identity"
@@ -193,23 +194,27 @@ type Server struct {
 	obs     observers
 	hs      *limiter     // handshakes, one bucket for the server
 	unauth  *unauthPeers // plain-UDP peers not (yet) authenticated
+	notices *limiter     // 4.29 answers to peers over the rate limit
 	devs    devices      // the live sessions of each device
 	// admit counts live connections, in all and per source prefix.
 	adm *admission
 	// inflight bounds request bytes held across all connections.
 	inflight *semaphore.Weighted
 
-	mu       sync.RWMutex
-	routes   map[string]*route
-	closed   bool
-	stops    []func()
-	wg       sync.WaitGroup
-	tick     chan struct{}   // closed by Close: ends go-coap's periodic runners
-	stop     chan struct{}   // closed by Close: ends the sweeper
-	ctx      context.Context // canceled by Close
-	cancel   context.CancelFunc
-	live     map[*session]struct{}
-	linkBody []byte
+	mu     sync.RWMutex
+	routes map[string]*route
+	closed bool
+	stops  []func()
+	wg     sync.WaitGroup
+	tick   chan struct{}   // closed by Close: ends go-coap's periodic runners
+	stop   chan struct{}   // closed by Close: ends the sweeper
+	ctx    context.Context // canceled by Close
+	// ackTimeout, when set (by tests), shortens CoAP's ACK_TIMEOUT on
+	// the UDP and DTLS listeners opened after.
+	ackTimeout time.Duration
+	cancel     context.CancelFunc
+	live       map[*session]struct{}
+	linkBody   []byte
 }
 
 // NewServer returns a Server with no resources and no listeners.
@@ -265,7 +270,8 @@ func NewServer(cfg ServerConfig) *Server {
 		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{}),
 		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes),
 		unauth: newUnauthPeers(cfg.MaxUnauthenticated, cfg.MaxConnectionsPerPrefix, cfg.UnauthenticatedIdle),
-		stop:   make(chan struct{}), live: make(map[*session]struct{})}
+		stop:   make(chan struct{}), live: make(map[*session]struct{}),
+		notices: newLimiter(RateLimit{PerSecond: 1, Burst: noticeBurst})}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -347,11 +353,15 @@ func (s *Server) Listen(address string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		srv := udp.NewServer(options.WithMux(m), errs, maxMsg, ticker,
+		opts := []udpserver.Option{options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
 			options.WithRequestMonitor(s.udpFilter),
 			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admitUDP(cc) }),
-		)
+		}
+		if s.ackTimeout > 0 {
+			opts = append(opts, options.WithTransmission(1, s.ackTimeout, 2))
+		}
+		srv := udp.NewServer(opts...)
 		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 		return "coap://" + l.LocalAddr().String(), nil
 	case "coaps":

@@ -1,0 +1,249 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+
+	"github.com/sensible-iot/sensible/device/identity"
+)
+
+// observeFixture is a coap:// fixture with a public observable resource
+// and short CoAP retransmissions, so that an unanswered confirmable
+// notification gives up in well under a second.
+func observeFixture(t *testing.T, cfg ServerConfig) *fixture {
+	f := &fixture{}
+	*f = *newFixtureNoListen(t, cfg)
+	f.srv.ackTimeout = 30 * time.Millisecond
+	u, err := f.srv.Listen("coap://127.0.0.1:0")
+	must(t, err)
+	f.url, f.scheme = u, "coap"
+	must(t, f.srv.Handle(Resource{Path: "/v1/obs", Public: true, Observable: true,
+		Handler: func(ctx context.Context, r *Request) (any, error) { return 0, nil }}))
+	return f
+}
+
+// newFixtureNoListen is newFixture's server before any listener, for
+// tests that set internal knobs first.
+func newFixtureNoListen(t *testing.T, cfg ServerConfig) *fixture {
+	f := newFixture(t, "coap+tcp", cfg)
+	return f
+}
+
+func (p *rawPeer) register(token []byte, obs uint32) message.Message {
+	return p.call(msg{code: codes.GET, path: "/v1/obs", token: token, opts: []message.Option{uintOption(message.Observe, obs)}})
+}
+
+// Attack 7: Observe registrations leaked, were scanned linearly, had no
+// per-peer cap, and those of vanished UDP peers were notified until the
+// idle timeout. Now: a cap per connection, re-registration and
+// deregistration by (connection, token), RST and unanswered confirmable
+// notifications drop an observer, and a closed connection drops all of
+// its own.
+func TestHostileObserve(t *testing.T) {
+	f := observeFixture(t, ServerConfig{})
+	p := newRawPeer(t, f, "")
+	max := f.srv.cfg.MaxObservations
+	for i := range 3 * max {
+		r := p.register([]byte{byte(i), 1}, 0)
+		_, err := r.Options.Observe()
+		if registered := err == nil; registered != (i < max) {
+			t.Fatalf("registration %d: registered %v, cap %d", i+1, registered, max)
+		}
+	}
+	if n := f.srv.obs.count(); n != max {
+		t.Fatalf("%d registrations held, cap %d", n, max)
+	}
+	p.register([]byte{0, 1}, 0) // the same token again replaces
+	p.register([]byte{1, 1}, 1) // deregistration
+	if n := f.srv.obs.count(); n != max-1 {
+		t.Fatalf("%d registrations after a re-registration and a deregistration, want %d", n, max-1)
+	}
+
+	// An RST to a notification ends that observation.
+	if _, err := f.srv.Notify(ctx5(t), "/v1/obs", identity.ID{}, 1); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := p.recv(time.Second)
+	if !ok {
+		t.Fatal("no notification")
+	}
+	p.send(msg{typ: message.Reset, code: codes.Empty, mid: m.MessageID})
+	waitFor(t, 2*time.Second, "the reset observer removed", func() bool { return f.srv.obs.count() == max-2 })
+
+	// The peer goes silent: the confirmable notifications go unanswered,
+	// and every observer is dropped.
+	for range 2 * confirmEvery {
+		f.srv.Notify(ctx5(t), "/v1/obs", identity.ID{}, 2)
+	}
+	waitFor(t, 5*time.Second, "a silent peer's observers dropped", func() bool { return f.srv.obs.count() == 0 })
+
+	// Many vanished peers: all dropped, memory back.
+	before := heapInUse()
+	peers := scale(300, 10000)
+	for i := range peers {
+		q := newRawPeer(t, f, fmt.Sprintf("127.0.%d.%d:0", 5+i/250, 1+i%250))
+		q.register([]byte{7}, 0)
+		q.c.Close()
+	}
+	if n := f.srv.obs.count(); n != peers {
+		t.Fatalf("%d registrations from %d peers", n, peers)
+	}
+	for range 2 * confirmEvery {
+		f.srv.Notify(ctx5(t), "/v1/obs", identity.ID{}, 3)
+	}
+	waitFor(t, 10*time.Second, "vanished observers dropped", func() bool { return f.srv.obs.count() == 0 })
+	if grew := int64(heapInUse()) - int64(before); grew > 8<<20 {
+		t.Fatalf("heap grew %d bytes after %d vanished observers (bound 8 MiB)", grew, peers)
+	}
+
+	// A closed TCP connection takes its registrations with it, through
+	// one hook per connection.
+	tf := newFixture(t, "coap+tcp", ServerConfig{})
+	must(t, tf.srv.Handle(Resource{Path: "/v1/obs", Public: true, Observable: true,
+		Handler: func(ctx context.Context, r *Request) (any, error) { return 0, nil }}))
+	c := tf.dial(t, false)
+	for range 5 {
+		if _, err := c.Observe(ctx5(t), "/v1/obs", func(Notification) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tf.srv.obs.count(); n != 5 {
+		t.Fatalf("%d registrations, want 5", n)
+	}
+	c.Close()
+	waitFor(t, 3*time.Second, "a closed connection's registrations dropped", func() bool { return tf.srv.obs.count() == 0 })
+	legit(t, tf)
+}
+
+// The authorization hook is asked on every way in, and Revoke closes
+// every session of a device at once.
+func TestHostileAuthorizeAndRevoke(t *testing.T) {
+	for _, scheme := range allSchemes {
+		t.Run(scheme, func(t *testing.T) {
+			var refuse atomic.Bool
+			var asked atomic.Int32
+			var dev atomic.Value
+			f := newFixture(t, scheme, ServerConfig{Authorize: func(ctx context.Context, p Peer) error {
+				asked.Add(1)
+				if p.Device != dev.Load() {
+					return fmt.Errorf("unexpected device %s", p.Device)
+				}
+				if refuse.Load() {
+					return errors.New("decommissioned")
+				}
+				return nil
+			}})
+			dev.Store(f.dev)
+			cfg := f.config(t, true)
+			cfg.Retry.Attempts = 1
+			refuse.Store(true)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if c, err := Dial(ctx, f.url, cfg); err == nil {
+				err = c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, nil)
+				c.Close()
+				if err == nil {
+					t.Fatal("a refused device was served")
+				}
+			}
+			if asked.Load() == 0 {
+				t.Fatal("Authorize was not asked")
+			}
+			refuse.Store(false)
+			c := f.dial(t, true)
+			must(t, c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil))
+			c2 := f.dial(t, true)
+			must(t, c2.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil))
+			refuse.Store(true)
+			if n := f.srv.Revoke(f.dev); n != 2 {
+				t.Fatalf("Revoke closed %d sessions, want 2", n)
+			}
+			waitFor(t, 3*time.Second, "the device's sessions gone", func() bool { return len(f.srv.devs.sessions(f.dev)) == 0 })
+			if err := c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, nil); err == nil {
+				t.Fatal("a revoked device was served again")
+			}
+		})
+	}
+}
+
+// The attacks that were already refused well, kept in the suite: each
+// gets its answer and the device is served after it.
+func TestHostileKnownAttacks(t *testing.T) {
+	t.Run("CBOR bomb", func(t *testing.T) {
+		f := newFixture(t, "coap+tcp", ServerConfig{})
+		c := f.dial(t, true)
+		bomb := append(bytes.Repeat([]byte{0x81}, 1000), 0) // 1000 nested arrays
+		err := c.DoRaw(ctx5(t), POST, "/v1/telemetry", CBOR, bomb, nil)
+		if !errors.Is(err, ErrBadRequest) {
+			t.Fatalf("CBOR bomb: %v, want 4.00", err)
+		}
+		legit(t, f)
+	})
+	t.Run("malformed options", func(t *testing.T) {
+		f := newFixture(t, "coap", ServerConfig{})
+		p := newRawPeer(t, f, "")
+		for _, d := range [][]byte{
+			{0x40, 0x01, 0, 1, 0xf1, 0},         // reserved option delta 15
+			{0x40, 0x01, 0, 2, 0xbd},            // extended length missing
+			{0x41, 0x01, 0, 3, 1, 0xd0, 0xff},   // length past the end
+			{0x40, 0x01, 0, 4, 0x0f, 0x00},      // reserved option length 15
+			{0x40, 0x01, 0, 5, 0xb1, 'x', 0xff}, // payload marker, no payload
+		} {
+			p.c.Write(d)
+			if r, ok := p.recv(100 * time.Millisecond); ok && r.Code.String() != "Empty" && r.Code < codes.BadRequest {
+				t.Fatalf("%x answered %v", d, r.Code)
+			}
+		}
+		legit(t, f)
+	})
+	t.Run("wrong PSK", func(t *testing.T) {
+		f := newFixture(t, "coaps", ServerConfig{})
+		cfg := f.config(t, true)
+		cfg.PSK = bytes.Repeat([]byte{1}, PSKSize)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if c, err := Dial(ctx, f.url, cfg); err == nil {
+			c.Close()
+			t.Fatal("a wrong PSK completed the handshake")
+		}
+		legit(t, f)
+	})
+	t.Run("bad certificate", func(t *testing.T) {
+		for _, scheme := range []string{"coaps+cert", "coaps+tcp"} {
+			f := newFixture(t, scheme, ServerConfig{})
+			other := newTestPKI(t, f.devKey)
+			cfg := f.config(t, true)
+			cfg.Certificate = &other.device
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if c, err := Dial(ctx, f.url, cfg); err == nil {
+				err = c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, nil)
+				c.Close()
+				if err == nil {
+					t.Fatalf("%s: another manufacturer's device was served", scheme)
+				}
+			}
+			cancel()
+			legit(t, f)
+		}
+	})
+	t.Run("token replay", func(t *testing.T) {
+		f := newFixture(t, "coap+tcp", ServerConfig{})
+		tok, err := identity.SignToken(f.devKey, identity.TokenParams{Audience: testAudience})
+		must(t, err)
+		a := f.dial(t, false)
+		must(t, a.Post(ctx5(t), AuthPath, tok, nil))
+		b := f.dial(t, false)
+		if err := b.Post(ctx5(t), AuthPath, tok, nil); !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("replayed token: %v, want 4.01", err)
+		}
+		legit(t, f)
+	})
+}

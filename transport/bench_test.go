@@ -110,7 +110,10 @@ func rawBenchHandler() mux.HandlerFunc {
 // benchmarks' hundreds of clients.
 func benchServerConfig() ServerConfig {
 	return ServerConfig{MaxConnections: 1 << 20, MaxConnectionsPerPrefix: 1 << 20, MaxUnauthenticated: 1 << 20,
-		HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}, RateLimit: RateLimit{PerSecond: -1}, TokensOverUDP: true}
+		HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}, TokensOverUDP: true,
+		// A limit no client reaches: the limiter runs on every request,
+		// as in production, without refusing any.
+		RateLimit: RateLimit{PerSecond: 1e9, Burst: 1 << 30}}
 }
 
 // benchFixture is newFixture with the benchmark resource. Its token

@@ -63,6 +63,49 @@
 // MaxBody still bounds what its handler accepts. Block-wise transfer is
 // not combined with Observe: keep notifications small.
 //
+// # Defences
+//
+// A Server faces the open internet. Before go-coap caches, reassembles or
+// dispatches anything, every message a peer sends passes a filter of ours:
+//
+//   - Responses, and ACKs or RSTs carrying a code, token or payload, are
+//     dropped: no client of ours sends them to a server.
+//   - Requests are rate-limited per peer ([ServerConfig.RateLimit]). Over
+//     UDP and DTLS a peer over its limit is told 4.29 a few times and then
+//     once a second; the rest are dropped unanswered, because go-coap keeps
+//     each answer 247 s and scans a plain-UDP peer's answers on every
+//     datagram it sends. A plain-UDP peer that keeps flooding has its
+//     session closed, and its cache with it.
+//   - Block-wise uploads (Block1) are reassembled by us, only after the
+//     route, method, authentication, content-format and Size1 pass, in
+//     order, at most two per connection, each bounded by the resource's
+//     MaxBody (4.13 with Size1). Every byte held counts against one budget
+//     for the whole server ([ServerConfig.MaxInFlightBytes]; 5.03 with
+//     Max-Age when it is spent). BERT (SZX 7) is refused outside TCP.
+//
+// Connections are admitted against [ServerConfig.MaxConnections], which is
+// kept below the process's file-descriptor limit, and a share per source
+// prefix (IPv4 /24, IPv6 /56). A plain-UDP peer is made by one datagram, so
+// unauthenticated ones live in a small quota of their own
+// ([ServerConfig.MaxUnauthenticated]), are forgotten
+// [ServerConfig.UnauthenticatedIdle] after their last datagram, and, when
+// the quota is full, the one silent longest makes room. A device token
+// over coap:// would bind a session to a source address alone, which
+// anyone can send from, so it is refused unless
+// [ServerConfig.TokensOverUDP] is set; over coap+tcp:// it binds to the
+// TCP connection.
+//
+// Observe registrations are capped per connection
+// ([ServerConfig.MaxObservations]) and indexed by connection and token;
+// over UDP and DTLS every eighth notification (or the first after 30 s)
+// is confirmable, and an observer that answers with RST or not at all is
+// dropped.
+//
+// [ServerConfig.Authorize] is asked whenever a device authenticates (a
+// DTLS-PSK or certificate handshake, a token), so a decommissioned device
+// or a leaked key is refused while its certificate or PSK is still valid,
+// and [Server.Revoke] closes every session a device already has.
+//
 // # Caveats
 //
 // go-coap keeps every UDP response for about 247 s, keyed by message ID,

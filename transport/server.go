@@ -349,14 +349,16 @@ func (s *Server) Listen(address string) (string, error) {
 		if s.cfg.Certificate == nil {
 			return "", errors.New("transport: coaps+tcp:// needs ServerConfig.Certificate")
 		}
-		l, err := coapnet.NewTLSListener("tcp", u.Host, s.tlsConfig())
+		// The listener admits each connection and completes its
+		// handshake before go-coap sees it (tcplisten.go).
+		l, err := s.listenTCP(u.Host, s.tlsConfig())
 		if err != nil {
 			return "", err
 		}
 		s.serveTCP(l, s.tlsSession, options.WithMux(m), errs, maxMsg, ticker)
 		return "coaps+tcp://" + l.Addr().String(), nil
 	case "coap+tcp":
-		l, err := coapnet.NewTCPListener("tcp", u.Host)
+		l, err := s.listenTCP(u.Host, nil)
 		if err != nil {
 			return "", err
 		}
@@ -507,32 +509,13 @@ func (s *Server) admit(cc conn, sess func() *session) {
 	cc.SetContextValue(sessionKey{}, sess())
 }
 
-// tlsSession completes the TLS handshake of a new connection and returns
-// its session, authenticated if the device presented its certificate.
+// tlsSession returns the session of a new TLS connection, whose handshake
+// the listener has completed: authenticated if the device presented its
+// certificate.
 func (s *Server) tlsSession(cc *tcpclient.Conn) *session {
 	ss := &session{}
-	tc, ok := cc.NetConn().(*tls.Conn)
-	if !ok {
-		return ss
-	}
-	if !s.hs.allow("", time.Now()) {
-		s.log.Warn("transport: TLS connection refused", "peer", cc.RemoteAddr(), "err", errHandshakeRate)
-		cc.Close()
-		return ss
-	}
-	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		s.log.Info("transport: TLS handshake failed", "peer", cc.RemoteAddr(), "err", err)
-		cc.Close()
-		return ss
-	}
-	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
-		raw := make([][]byte, len(st.PeerCertificates))
-		for i, c := range st.PeerCertificates {
-			raw[i] = c.Raw
-		}
-		ss.device, _ = s.deviceFromChain(raw)
+	if c, ok := cc.NetConn().(*tcpConn); ok {
+		ss.device = c.device
 	}
 	return ss
 }
@@ -555,12 +538,17 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 	return coapnet.NewUDPConn("udp", c), nil
 }
 
-// serveTCP serves a TCP or TLS listener; sess makes each connection's
-// session (completing the TLS handshake, for TLS).
+// serveTCP serves a TCP or TLS listener, which has admitted each
+// connection already (so admit does not count it again); sess makes each
+// connection's session.
 func (s *Server) serveTCP(l tcpserver.Listener, sess func(*tcpclient.Conn) *session, opts ...tcpserver.Option) {
 	opts = append(opts,
 		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-		options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, func() *session { return sess(cc) }) }))
+		options.WithOnNewConn(func(cc *tcpclient.Conn) { cc.SetContextValue(sessionKey{}, sess(cc)) }),
+		// No queue between a connection's reader and its handler: go-coap
+		// reads the next message only once the handler has taken the last
+		// one, which is what the in-flight budget of tcpConn counts on.
+		options.WithReceivedMessageQueueSize(0))
 	srv := tcp.NewServer(opts...)
 	s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 }

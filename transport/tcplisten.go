@@ -77,7 +77,10 @@ type tcpListener struct {
 	inner  net.Listener
 	tls    *tls.Config // nil for plain TCP
 	policy *connPolicy
-	slots  chan struct{} // handshakes in progress, up to MaxHandshakes
+	// slots holds the handshakes in progress, up to MaxHandshakes. The
+	// field's documentation means a count across listeners; until the
+	// Server keeps one, each TLS listener has its own.
+	slots chan struct{}
 
 	ready  chan net.Conn // connections ready for go-coap
 	done   chan struct{} // closed by stop
@@ -128,6 +131,9 @@ func (l *tcpListener) Addr() net.Addr { return l.inner.Addr() }
 // AcceptWithContext returns the next admitted connection (handshake
 // done, for TLS). It fails only when ctx ends or the listener is closed.
 func (l *tcpListener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
+	if l.closed() {
+		return nil, coapnet.ErrListenerIsClosed
+	}
 	select {
 	case c := <-l.ready:
 		return c, nil

@@ -20,12 +20,12 @@ import (
 // gives every byte back when the connection goes. Seeds are in
 // testdata/fuzz/FuzzBlock1.
 func FuzzBlock1(f *testing.F) {
-	f.Add([]byte{0, 0, 0x0e, 0x00, 0, 0, 0x1e, 0x00, 0, 0, 0x26, 0x00})    // 3 blocks of 1 KiB, last one final
-	f.Add([]byte{0, 0, 0x0e, 0x01, 0, 0, 0x0e, 0x01, 0, 0, 0x16, 0x00})    // block 0 twice, then final
-	f.Add([]byte{0, 0, 0x2e, 0x00})                                        // a middle block with no start
-	f.Add([]byte{0, 0, 0x0f, 0x00})                                        // BERT over UDP
-	f.Add([]byte{0, 0, 0x0e, 0x80, 0, 0, 0x0e, 0x40, 0, 0, 0x16, 0x40})    // Size1 too large; a second tag
-	f.Add([]byte{0, 0, 0x08, 0x20, 0, 0, 0x18, 0x20, 0, 0, 0x20, 0x10})    // 16-byte blocks, short last
+	f.Add([]byte{0, 0, 0x0e, 0x00, 0, 0, 0x1e, 0x00, 0, 0, 0x26, 0x00}) // 3 blocks of 1 KiB, last one final
+	f.Add([]byte{0, 0, 0x0e, 0x01, 0, 0, 0x0e, 0x01, 0, 0, 0x16, 0x00}) // block 0 twice, then final
+	f.Add([]byte{0, 0, 0x2e, 0x00})                                     // a middle block with no start
+	f.Add([]byte{0, 0, 0x0f, 0x00})                                     // BERT over UDP
+	f.Add([]byte{0, 0, 0x0e, 0x80, 0, 0, 0x0e, 0x40, 0, 0, 0x16, 0x40}) // Size1 too large; a second tag
+	f.Add([]byte{0, 0, 0x08, 0x20, 0, 0, 0x18, 0x20, 0, 0, 0x20, 0x10}) // 16-byte blocks, short last
 
 	const maxBody = 4096
 	f.Fuzz(func(t *testing.T, steps []byte) {

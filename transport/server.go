@@ -384,14 +384,16 @@ func (s *Server) Listen(address string) (string, error) {
 		if s.cfg.Certificate == nil {
 			return "", errors.New("transport: coaps+tcp:// needs ServerConfig.Certificate")
 		}
-		l, err := coapnet.NewTLSListener("tcp", u.Host, s.tlsConfig())
+		// The listener admits each connection and completes its
+		// handshake before go-coap sees it (tcplisten.go).
+		l, err := s.listenTCP(u.Host, s.tlsConfig())
 		if err != nil {
 			return "", err
 		}
 		s.serveTCP(l, "coaps+tcp", s.tlsSession, options.WithMux(m), errs, maxMsg, ticker)
 		return "coaps+tcp://" + l.Addr().String(), nil
 	case "coap+tcp":
-		l, err := coapnet.NewTCPListener("tcp", u.Host)
+		l, err := s.listenTCP(u.Host, nil)
 		if err != nil {
 			return "", err
 		}
@@ -673,33 +675,11 @@ func (s *Server) sweep() {
 	}
 }
 
-// tlsSession completes the TLS handshake of a new connection and returns
-// its session, authenticated if the device presented its certificate.
+// tlsSession authenticates a new TLS connection, whose handshake the
+// listener has completed, if the device presented its certificate.
 func (s *Server) tlsSession(cc *tcpclient.Conn, ss *session) {
-	tc, ok := cc.NetConn().(*tls.Conn)
-	if !ok {
-		return
-	}
-	if !s.hs.allow("", time.Now()) {
-		s.log.Debug("transport: TLS connection refused", "peer", cc.RemoteAddr(), "err", errHandshakeRate)
-		cc.Close()
-		return
-	}
-	ctx, cancel := context.WithTimeout(cc.Context(), s.cfg.HandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		s.log.Debug("transport: TLS handshake failed", "peer", cc.RemoteAddr(), "err", err)
-		cc.Close()
-		return
-	}
-	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
-		raw := make([][]byte, len(st.PeerCertificates))
-		for i, c := range st.PeerCertificates {
-			raw[i] = c.Raw
-		}
-		if id, err := s.deviceFromChain(raw); err == nil {
-			s.bind(ss, id)
-		}
+	if c, ok := cc.NetConn().(*tcpConn); ok && !c.device.IsZero() {
+		s.bind(ss, c.device)
 	}
 }
 
@@ -721,13 +701,18 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 	return coapnet.NewUDPConn("udp", c), nil
 }
 
-// serveTCP serves a TCP or TLS listener; sess makes each connection's
-// session (completing the TLS handshake, for TLS).
+// serveTCP serves a TCP or TLS listener, which has admitted each
+// connection already (so it is not counted again); authenticate binds the
+// device its handshake proved.
 func (s *Server) serveTCP(l tcpserver.Listener, scheme string, authenticate func(*tcpclient.Conn, *session), opts ...tcpserver.Option) {
 	opts = append(opts,
 		options.WithRequestMonitor(s.tcpFilter),
 		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
-		options.WithOnNewConn(func(cc *tcpclient.Conn) { s.admit(cc, scheme, func(ss *session) { authenticate(cc, ss) }) }))
+		options.WithOnNewConn(func(cc *tcpclient.Conn) { authenticate(cc, s.attach(cc, scheme)) }),
+		// No queue between a connection's reader and its handler: go-coap
+		// reads the next message only once the handler has taken the last
+		// one, which is what the in-flight budget of tcpConn counts on.
+		options.WithReceivedMessageQueueSize(0))
 	srv := tcp.NewServer(opts...)
 	s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
 }

@@ -433,7 +433,10 @@ func unflatten(b []byte) []tlog.Hash {
 // against the fuzz log, and the damaged ones fail as they should.
 func TestFuzzLogSeeds(t *testing.T) {
 	fx := newFuzzLog(t)
-	for name, want := range map[string]error{"valid-entry-5": nil, "valid-signed-record": nil, "other-entry": ErrBadProof} {
+	for name, want := range map[string]error{
+		"valid-entry-5": nil, "valid-signed-record": nil, "other-entry": ErrBadProof,
+		"log-signed-size-over-2-62": ErrBadCheckpoint,
+	} {
 		v := readCorpus(t, "FuzzVerifyReceipt", name)
 		r := &Receipt{Checkpoint: v[0].([]byte), Proof: unflatten(v[1].([]byte)), Index: v[2].(int64)}
 		if err := VerifyReceipt(r, v[3].([]byte), fx.vkey); !errors.Is(err, want) {
@@ -443,6 +446,7 @@ func TestFuzzLogSeeds(t *testing.T) {
 	for name, want := range map[string]error{
 		"first": nil, "grown-7-to-20": nil, "same-13": nil, "shrunk-13-to-7": ErrLogShrunk,
 		"proof-for-other-size": ErrBadProof, "stranger-key": ErrBadCheckpoint,
+		"log-signed-size-over-2-62": ErrBadCheckpoint,
 	} {
 		v := readCorpus(t, "FuzzMonitor", name)
 		m := NewMonitor(fx.vkey)
@@ -453,7 +457,10 @@ func TestFuzzLogSeeds(t *testing.T) {
 			t.Errorf("monitor %s: %v, want %v", name, err, want)
 		}
 	}
-	for name, want := range map[string]error{"valid-7-to-13": nil, "fake-root": ErrBadProof, "shrunk": ErrLogShrunk} {
+	for name, want := range map[string]error{
+		"valid-7-to-13": nil, "fake-root": ErrBadProof, "shrunk": ErrLogShrunk,
+		"size-over-2-62": ErrBadCheckpoint,
+	} {
 		v := readCorpus(t, "FuzzVerifyConsistency", name)
 		older := fx.ckpts[1+int(v[0].(uint8))]
 		newer := &Checkpoint{Origin: older.Origin, Size: v[1].(int64)}

@@ -189,9 +189,13 @@ func FuzzMonitor(f *testing.F) {
 	})
 }
 
-// FuzzVerifyConsistency checks an arbitrary proof from a real checkpoint
-// to a claimed size and root hash: a proof never links the log to a root
-// it did not have.
+// FuzzVerifyConsistency checks an arbitrary proof between a real
+// checkpoint of the fuzz log and a claimed one: the newer when fuzzNewer
+// is set, the older otherwise. Errors are typed and a smaller newer tree
+// is never accepted. A proof binds only the trees it is checked against: it
+// may link a real checkpoint to any tree that extends it (so a newer
+// checkpoint must be signed, as Monitor requires), but it never links a
+// real checkpoint back to an older root the log did not have.
 func FuzzVerifyConsistency(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
@@ -200,13 +204,17 @@ func FuzzVerifyConsistency(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(uint8(c[0]), c[1], fx.ckpts[c[1]].Hash[:], flatten(proof))
+		f.Add(true, uint8(c[0]-1), c[1], fx.ckpts[c[1]].Hash[:], flatten(proof))
+		f.Add(false, uint8(c[1]-1), c[0], fx.ckpts[c[0]].Hash[:], flatten(proof))
 	}
-	f.Add(uint8(13), int64(7), fx.ckpts[7].Hash[:], []byte{})
-	f.Fuzz(func(t *testing.T, old uint8, size int64, hash, proof []byte) {
-		older := fx.ckpts[1+int(old)%fuzzLogSize]
-		newer := &Checkpoint{Origin: older.Origin, Size: size}
-		copy(newer.Hash[:], hash)
+	f.Fuzz(func(t *testing.T, fuzzNewer bool, real uint8, size int64, hash, proof []byte) {
+		known := fx.ckpts[1+int(real)%fuzzLogSize]
+		claimed := &Checkpoint{Origin: known.Origin, Size: size}
+		copy(claimed.Hash[:], hash)
+		older, newer := known, claimed
+		if !fuzzNewer {
+			older, newer = claimed, known
+		}
 		err := VerifyConsistency(older, newer, unflatten(proof))
 		if err != nil {
 			if !isOneOf(err, proofSentinels...) {
@@ -214,11 +222,14 @@ func FuzzVerifyConsistency(f *testing.F) {
 			}
 			return
 		}
-		if size < older.Size {
-			t.Fatalf("accepted size %d after %d", size, older.Size)
+		if newer.Size < older.Size {
+			t.Fatalf("accepted size %d after %d", newer.Size, older.Size)
 		}
-		if size <= fuzzLogSize && newer.Hash != fx.ckpts[size].Hash {
-			t.Fatalf("proof links size %d to a root hash %x the log never had", size, newer.Hash)
+		if !fuzzNewer && (size < 1 || claimed.Hash != fx.ckpts[size].Hash) {
+			t.Fatalf("proof links the log at size %d back to a root %x it never had at size %d", known.Size, claimed.Hash[:], size)
+		}
+		if fuzzNewer && size == known.Size && claimed.Hash != known.Hash {
+			t.Fatalf("accepted two roots for size %d", size)
 		}
 	})
 }
@@ -458,14 +469,19 @@ func TestFuzzLogSeeds(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]error{
-		"valid-7-to-13": nil, "fake-root": ErrBadProof, "shrunk": ErrLogShrunk,
+		"valid-7-to-13": nil, "valid-back-to-7": nil, "other-extension-of-7": nil,
+		"fake-new-root": ErrBadProof, "fake-old-root": ErrBadProof, "shrunk": ErrLogShrunk,
 		"size-over-2-62": ErrBadCheckpoint,
 	} {
 		v := readCorpus(t, "FuzzVerifyConsistency", name)
-		older := fx.ckpts[1+int(v[0].(uint8))]
-		newer := &Checkpoint{Origin: older.Origin, Size: v[1].(int64)}
-		copy(newer.Hash[:], v[2].([]byte))
-		if err := VerifyConsistency(older, newer, unflatten(v[3].([]byte))); !errors.Is(err, want) {
+		known := fx.ckpts[1+int(v[1].(uint8))]
+		claimed := &Checkpoint{Origin: known.Origin, Size: v[2].(int64)}
+		copy(claimed.Hash[:], v[3].([]byte))
+		older, newer := known, claimed
+		if !v[0].(bool) {
+			older, newer = claimed, known
+		}
+		if err := VerifyConsistency(older, newer, unflatten(v[4].([]byte))); !errors.Is(err, want) {
 			t.Errorf("consistency %s: %v, want %v", name, err, want)
 		}
 	}
@@ -505,7 +521,7 @@ func TestFuzzLogSeeds(t *testing.T) {
 }
 
 // readCorpus returns the values of a seed file in testdata/fuzz: []byte,
-// int64 and byte values, as the seeds here use.
+// int64, byte and bool values, as the seeds here use.
 func readCorpus(t *testing.T, target, name string) []any {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "fuzz", target, name))
@@ -535,6 +551,8 @@ func readCorpus(t *testing.T, target, name string) []any {
 				t.Fatalf("%s/%s: %v", target, name, err)
 			}
 			out = append(out, n)
+		case "bool":
+			out = append(out, arg == "true")
 		case "byte", "uint8":
 			if len(arg) < 3 {
 				t.Fatalf("%s/%s: byte %s", target, name, arg)

@@ -1,53 +1,423 @@
 package consent
 
 import (
+	"bytes"
 	"context"
-	"crypto/rand"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/sensible-iot/sensible/internal/codec"
 )
+
+// fuzzLogSize is how many entries the fuzz log holds.
+const fuzzLogSize = 20
+
+// fuzzLog is a log with a fixed key and fixed entries, so that the
+// checkpoints, proofs and exports in testdata/fuzz were made by it: its
+// first entries are entry(i), its last two a grant and its withdrawal,
+// signed with a fixed Ed25519 app key (Ed25519 signatures are
+// deterministic).
+type fuzzLog struct {
+	log      *Log
+	store    *MemLogStore
+	vkey     string
+	receipts []*Receipt    // receipts[i] is entry i's, with a checkpoint of size i+1
+	ckpts    []*Checkpoint // ckpts[n] is the checkpoint of the first n entries; ckpts[0] is nil
+	export   *Export       // the subject's history, with receipts
+}
+
+func newFuzzLog(t testing.TB) *fuzzLog {
+	t.Helper()
+	ctx := context.Background()
+	seed := sha256.Sum256([]byte("consent fuzz log"))
+	skey, vkey, err := note.GenerateKey(bytes.NewReader(seed[:]), "consent.example/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := &fuzzLog{store: &MemLogStore{}, vkey: vkey, ckpts: make([]*Checkpoint, fuzzLogSize+1)}
+	if fx.log, err = OpenLog(ctx, fx.store, skey); err != nil {
+		t.Fatal(err)
+	}
+	appSeed := sha256.Sum256([]byte("consent fuzz app key"))
+	app := ed25519.NewKeyFromSeed(appSeed[:])
+	keys := &KeySet{}
+	if err := keys.Add(TrustedKey{KID: []byte("app-1"), Key: app.Public(), Role: SubjectKey, Subject: "subj-7f3a"}); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	grant := Grant("subj-7f3a", "acme", energy, pests, at, "subject:app")
+	grant.ID = ID{1}
+	withdraw := Withdraw(grant, at.Add(time.Hour), "subject:app")
+	withdraw.ID = ID{2}
+	h := NewHistory("subj-7f3a")
+	records := map[int]*Record{fuzzLogSize - 2: grant, fuzzLogSize - 1: withdraw}
+	for i := range fuzzLogSize {
+		data := entry(i)
+		var v *Verified
+		if rec := records[i]; rec != nil {
+			if data, err = Sign(rec, app, []byte("app-1")); err != nil {
+				t.Fatal(err)
+			}
+			if v, err = keys.Verify(data); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Add(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r, err := fx.log.Append(ctx, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != nil {
+			h.SetReceipt(v.Record.ID, r)
+		}
+		fx.receipts = append(fx.receipts, r)
+		if fx.ckpts[i+1], err = OpenCheckpoint(r.Checkpoint, vkey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fx.export = h.Export()
+	return fx
+}
+
+// proofSentinels are the errors of VerifyReceipt, VerifyConsistency and
+// Monitor.Update.
+var proofSentinels = []error{ErrBadProof, ErrBadCheckpoint, ErrLogShrunk}
+
+func isOneOf(err error, sentinels ...error) bool {
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
 
 // FuzzVerifyReceipt feeds VerifyReceipt arbitrary checkpoints, proofs,
 // indexes and data: it must not panic, every error must be typed, and it
 // must accept only what the log really holds.
 func FuzzVerifyReceipt(f *testing.F) {
 	ctx := context.Background()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "consent.example/log")
-	if err != nil {
-		f.Fatal(err)
+	fx := newFuzzLog(f)
+	for i, r := range fx.receipts {
+		data, _ := fx.store.Entry(ctx, int64(i))
+		f.Add(r.Checkpoint, flatten(r.Proof), r.Index, data)
 	}
-	l, err := OpenLog(ctx, &MemLogStore{}, skey)
-	if err != nil {
-		f.Fatal(err)
-	}
-	var last *Receipt
-	for i := range 20 {
-		r, err := l.Append(ctx, entry(i))
-		if err != nil {
-			f.Fatal(err)
-		}
-		last = r
-		f.Add(r.Checkpoint, flatten(r.Proof), r.Index, entry(i))
-	}
+	last := fx.receipts[fuzzLogSize-1]
 	f.Add(last.Checkpoint, flatten(last.Proof), int64(3), entry(3))
 	f.Add([]byte("consent.example/log\n20\nAAAA\n"), []byte{}, int64(0), entry(0))
 	f.Fuzz(func(t *testing.T, ckpt, proof []byte, index int64, data []byte) {
 		r := &Receipt{Index: index, Proof: unflatten(proof), Checkpoint: ckpt}
-		err := VerifyReceipt(r, data, vkey)
+		err := VerifyReceipt(r, data, fx.vkey)
 		if err != nil {
-			if !errors.Is(err, ErrBadProof) && !errors.Is(err, ErrBadCheckpoint) {
+			if !isOneOf(err, ErrBadProof, ErrBadCheckpoint) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return
 		}
-		got, err := l.store.Entry(ctx, index)
+		got, err := fx.store.Entry(ctx, index)
 		if err != nil || string(got) != string(data) {
 			t.Fatalf("accepted entry %d = %q, but the log holds %q", index, data, got)
 		}
 	})
+}
+
+// FuzzMonitor gives a monitor that has seen the log at size seen%21 (0:
+// nothing yet) an arbitrary signed checkpoint and consistency proof.
+// Errors are typed, a refusal leaves the monitor as it was, and only a
+// checkpoint the log really signed, no smaller than the one seen, is
+// accepted.
+func FuzzMonitor(f *testing.F) {
+	ctx := context.Background()
+	fx := newFuzzLog(f)
+	for _, old := range []int64{0, 1, 7, 13} {
+		for _, n := range []int64{7, 13, fuzzLogSize} {
+			if old > n {
+				continue
+			}
+			var proof []tlog.Hash
+			if old > 0 {
+				var err error
+				if proof, err = tlog.ProveTree(n, old, fx.log.hashReader(ctx)); err != nil {
+					f.Fatal(err)
+				}
+			}
+			f.Add(uint8(old), fx.ckpts[n].Signed, flatten(proof))
+		}
+	}
+	f.Add(uint8(13), fx.ckpts[7].Signed, []byte{})
+	f.Fuzz(func(t *testing.T, seen uint8, signed, proof []byte) {
+		m := NewMonitor(fx.vkey)
+		old := fx.ckpts[seen%(fuzzLogSize+1)]
+		if old != nil {
+			if _, err := m.Update(old.Signed, nil); err != nil {
+				t.Fatalf("first checkpoint refused: %v", err)
+			}
+		}
+		ck, err := m.Update(signed, unflatten(proof))
+		if err != nil {
+			if !isOneOf(err, proofSentinels...) {
+				t.Fatalf("untyped error %v", err)
+			}
+			if old != nil {
+				// The monitor still holds old: old again is consistent.
+				if _, err := m.Update(old.Signed, nil); err != nil {
+					t.Fatalf("monitor changed by a refused checkpoint: %v", err)
+				}
+			}
+			return
+		}
+		if ck.Size < 1 || ck.Size > fuzzLogSize || ck.Hash != fx.ckpts[ck.Size].Hash {
+			t.Fatalf("accepted checkpoint of size %d, hash %x, that the log never signed", ck.Size, ck.Hash)
+		}
+		if old != nil && ck.Size < old.Size {
+			t.Fatalf("accepted size %d after %d", ck.Size, old.Size)
+		}
+	})
+}
+
+// FuzzVerifyConsistency checks an arbitrary proof between a real
+// checkpoint of the fuzz log and a claimed one: the newer when fuzzNewer
+// is set, the older otherwise. Errors are typed and a smaller newer tree
+// is never accepted. A proof binds only the trees it is checked against: it
+// may link a real checkpoint to any tree that extends it (so a newer
+// checkpoint must be signed, as Monitor requires), but it never links a
+// real checkpoint back to an older root the log did not have.
+func FuzzVerifyConsistency(f *testing.F) {
+	ctx := context.Background()
+	fx := newFuzzLog(f)
+	for _, c := range [][2]int64{{1, 20}, {7, 13}, {13, 13}, {3, 4}} {
+		proof, err := tlog.ProveTree(c[1], c[0], fx.log.hashReader(ctx))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(true, uint8(c[0]-1), c[1], fx.ckpts[c[1]].Hash[:], flatten(proof))
+		f.Add(false, uint8(c[1]-1), c[0], fx.ckpts[c[0]].Hash[:], flatten(proof))
+	}
+	f.Fuzz(func(t *testing.T, fuzzNewer bool, real uint8, size int64, hash, proof []byte) {
+		known := fx.ckpts[1+int(real)%fuzzLogSize]
+		claimed := &Checkpoint{Origin: known.Origin, Size: size}
+		copy(claimed.Hash[:], hash)
+		older, newer := known, claimed
+		if !fuzzNewer {
+			older, newer = claimed, known
+		}
+		err := VerifyConsistency(older, newer, unflatten(proof))
+		if err != nil {
+			if !isOneOf(err, proofSentinels...) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if newer.Size < older.Size {
+			t.Fatalf("accepted size %d after %d", newer.Size, older.Size)
+		}
+		if !fuzzNewer && (size < 1 || claimed.Hash != fx.ckpts[size].Hash) {
+			t.Fatalf("proof links the log at size %d back to a root %x it never had at size %d", known.Size, claimed.Hash[:], size)
+		}
+		if fuzzNewer && size == known.Size && claimed.Hash != known.Hash {
+			t.Fatalf("accepted two roots for size %d", size)
+		}
+	})
+}
+
+// exportDecoder decodes exports as TestExport does.
+var exportDecoder, _ = codec.NewDecoder(codec.Limits{MaxBody: 1 << 20})
+
+// FuzzExportReceipts decodes arbitrary CBOR as an Export and checks every
+// receipt in it: errors are typed, and an accepted receipt proves what
+// the log holds at its index.
+func FuzzExportReceipts(f *testing.F) {
+	ctx := context.Background()
+	fx := newFuzzLog(f)
+	b, err := fx.export.CBOR()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var e Export
+		if err := exportDecoder.Unmarshal(data, &e); err != nil {
+			var de *codec.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("untyped decode error %v", err)
+			}
+			return
+		}
+		for _, ev := range e.Events {
+			if ev.Receipt == nil {
+				continue
+			}
+			if err := VerifyReceipt(ev.Receipt, ev.Signed, fx.vkey); err != nil {
+				if !isOneOf(err, ErrBadProof, ErrBadCheckpoint) {
+					t.Fatalf("untyped error %v", err)
+				}
+				continue
+			}
+			got, err := fx.store.Entry(ctx, ev.Receipt.Index)
+			if err != nil || !bytes.Equal(got, ev.Signed) {
+				t.Fatalf("accepted event as entry %d, but the log holds %q", ev.Receipt.Index, got)
+			}
+		}
+	})
+}
+
+// FuzzOpenFileLogStore opens arbitrary log files. A refusal is
+// ErrLogCorrupt and leaves the file as it was. An open store holds the
+// file's leading frames, re-encoded byte for byte, and cuts off only what
+// load documents as a torn final append; its hashes are those of its
+// entries, every entry has a receipt that verifies, and the store takes
+// the next append and reopens with it.
+func FuzzOpenFileLogStore(f *testing.F) {
+	ctx := context.Background()
+	fx := newFuzzLog(f)
+	skey := fx.log.signer
+	f.Fuzz(func(t *testing.T, file []byte) {
+		path := filepath.Join(t.TempDir(), "consent.log")
+		if err := os.WriteFile(path, file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := OpenFileLogStore(path)
+		after, rerr := os.ReadFile(path)
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrLogCorrupt) {
+				t.Fatalf("untyped error %v", err)
+			}
+			if !bytes.Equal(after, file) {
+				t.Fatalf("refused file changed from %d to %d bytes", len(file), len(after))
+			}
+			return
+		}
+		defer st.Close()
+		n, _ := st.Size(ctx)
+		mem := &MemLogStore{}
+		var frames []byte
+		for i := range n {
+			data, err := st.Entry(ctx, i)
+			if err != nil {
+				t.Fatalf("entry %d of %d: %v", i, n, err)
+			}
+			frames = append(frames, logFrame(i, data)...)
+			hs, err := tlog.StoredHashes(i, data, tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+				return mem.ReadHashes(ctx, idx)
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := mem.Append(ctx, i, data, hs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(after, frames) {
+			t.Fatalf("the file after opening (%d bytes) is not its %d entries' frames", len(after), n)
+		}
+		if !bytes.HasPrefix(file, after) {
+			t.Fatal("opening rewrote the file")
+		}
+		if tail := file[len(after):]; !tornAppend(tail, n) {
+			t.Fatalf("cut %d bytes after entry %d that are not a torn append: %x", len(tail), n, tail[:min(len(tail), 64)])
+		}
+		idx := make([]int64, tlog.StoredHashCount(n))
+		for i := range idx {
+			idx[i] = int64(i)
+		}
+		got, err := st.ReadHashes(ctx, idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := mem.ReadHashes(ctx, idx)
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("stored hash %d differs from the hash of the entries", i)
+			}
+		}
+		l := &Log{store: st, signer: skey, origin: skey.Name(), size: n}
+		ck, err := l.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			p, err := l.Prove(ctx, i, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := st.Entry(ctx, i)
+			if err := VerifyReceipt(&Receipt{Index: i, Proof: p, Checkpoint: ck.Signed}, data, fx.vkey); err != nil {
+				t.Fatalf("entry %d: %v", i, err)
+			}
+		}
+		if _, err := l.Append(ctx, []byte("next")); err != nil {
+			t.Fatalf("append after opening: %v", err)
+		}
+		st.Close()
+		st2, err := OpenFileLogStore(path)
+		if err != nil {
+			t.Fatalf("reopening after an append: %v", err)
+		}
+		defer st2.Close()
+		if m, _ := st2.Size(ctx); m != n+1 {
+			t.Fatalf("reopened with %d entries, want %d", m, n+1)
+		}
+	})
+}
+
+// logFrame is the frame FileLogStore writes for entry n: length, index,
+// CRC-32C of those, CRC-32C of the data, the data.
+func logFrame(n int64, data []byte) []byte {
+	b := make([]byte, frameHeader, frameHeader+len(data))
+	binary.BigEndian.PutUint32(b[0:], uint32(len(data)))
+	binary.BigEndian.PutUint64(b[4:], uint64(n))
+	binary.BigEndian.PutUint32(b[12:], crc32.Checksum(b[:12], castagnoli))
+	binary.BigEndian.PutUint32(b[16:], crc32.Checksum(data, castagnoli))
+	return append(b, data...)
+}
+
+// tornAppend reports whether tail, after n good frames, is what the
+// FileLogStore documentation lets opening cut: nothing, a partial header,
+// zeros, a whole header for entry n whose data runs past the end, or a
+// final frame for entry n whose data does not match its CRC.
+func tornAppend(tail []byte, n int64) bool {
+	if len(tail) < frameHeader || !hasNonZero(tail) {
+		return true
+	}
+	h := tail[:frameHeader]
+	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+		return false
+	}
+	length := int64(binary.BigEndian.Uint32(h[0:]))
+	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n {
+		return false
+	}
+	if frameHeader+length > int64(len(tail)) {
+		return true
+	}
+	return frameHeader+length == int64(len(tail)) &&
+		crc32.Checksum(tail[frameHeader:], castagnoli) != binary.BigEndian.Uint32(h[16:])
+}
+
+func hasNonZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func flatten(p []tlog.Hash) []byte {
@@ -65,6 +435,136 @@ func unflatten(b []byte) []tlog.Hash {
 		copy(h[:], b)
 		out = append(out, h)
 		b = b[tlog.HashSize:]
+	}
+	return out
+}
+
+// TestFuzzLogSeeds keeps the seed corpora honest: the valid receipts,
+// checkpoints, proofs, exports and log files in testdata/fuzz still verify
+// against the fuzz log, and the damaged ones fail as they should.
+func TestFuzzLogSeeds(t *testing.T) {
+	fx := newFuzzLog(t)
+	for name, want := range map[string]error{
+		"valid-entry-5": nil, "valid-signed-record": nil, "other-entry": ErrBadProof,
+		"log-signed-size-over-2-62": ErrBadCheckpoint,
+	} {
+		v := readCorpus(t, "FuzzVerifyReceipt", name)
+		r := &Receipt{Checkpoint: v[0].([]byte), Proof: unflatten(v[1].([]byte)), Index: v[2].(int64)}
+		if err := VerifyReceipt(r, v[3].([]byte), fx.vkey); !errors.Is(err, want) {
+			t.Errorf("receipt %s: %v, want %v", name, err, want)
+		}
+	}
+	for name, want := range map[string]error{
+		"first": nil, "grown-7-to-20": nil, "same-13": nil, "shrunk-13-to-7": ErrLogShrunk,
+		"proof-for-other-size": ErrBadProof, "stranger-key": ErrBadCheckpoint,
+		"log-signed-size-over-2-62": ErrBadCheckpoint,
+	} {
+		v := readCorpus(t, "FuzzMonitor", name)
+		m := NewMonitor(fx.vkey)
+		if old := fx.ckpts[v[0].(uint8)]; old != nil {
+			m.Update(old.Signed, nil)
+		}
+		if _, err := m.Update(v[1].([]byte), unflatten(v[2].([]byte))); !errors.Is(err, want) {
+			t.Errorf("monitor %s: %v, want %v", name, err, want)
+		}
+	}
+	for name, want := range map[string]error{
+		"valid-7-to-13": nil, "valid-back-to-7": nil, "other-extension-of-7": nil,
+		"fake-new-root": ErrBadProof, "fake-old-root": ErrBadProof, "shrunk": ErrLogShrunk,
+		"size-over-2-62": ErrBadCheckpoint,
+	} {
+		v := readCorpus(t, "FuzzVerifyConsistency", name)
+		known := fx.ckpts[1+int(v[1].(uint8))]
+		claimed := &Checkpoint{Origin: known.Origin, Size: v[2].(int64)}
+		copy(claimed.Hash[:], v[3].([]byte))
+		older, newer := known, claimed
+		if !v[0].(bool) {
+			older, newer = claimed, known
+		}
+		if err := VerifyConsistency(older, newer, unflatten(v[4].([]byte))); !errors.Is(err, want) {
+			t.Errorf("consistency %s: %v, want %v", name, err, want)
+		}
+	}
+	for name, want := range map[string]error{"export": nil, "swapped-receipts": ErrBadProof} {
+		var e Export
+		if err := exportDecoder.Unmarshal(readCorpus(t, "FuzzExportReceipts", name)[0].([]byte), &e); err != nil || len(e.Events) != 2 {
+			t.Fatalf("export %s: %d events, %v", name, len(e.Events), err)
+		}
+		for _, ev := range e.Events {
+			if err := VerifyReceipt(ev.Receipt, ev.Signed, fx.vkey); !errors.Is(err, want) {
+				t.Errorf("export %s: %v, want %v", name, err, want)
+			}
+		}
+	}
+	for name, want := range map[string]int64{
+		"five-entries": 5, "empty": 0, "torn-header": 5, "torn-data": 4, "zero-tail": 5, "bad-last-data": 4,
+		"bad-middle-data": -1, "bad-length": -1, "wrong-index": -1, "garbage-tail": -1,
+	} {
+		path := filepath.Join(t.TempDir(), "consent.log")
+		os.WriteFile(path, readCorpus(t, "FuzzOpenFileLogStore", name)[0].([]byte), 0o600)
+		st, err := OpenFileLogStore(path)
+		if want < 0 {
+			if !errors.Is(err, ErrLogCorrupt) {
+				t.Errorf("log file %s: %v, want ErrLogCorrupt", name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("log file %s: %v", name, err)
+			continue
+		}
+		if n, _ := st.Size(context.Background()); n != want {
+			t.Errorf("log file %s: %d entries, want %d", name, n, want)
+		}
+		st.Close()
+	}
+}
+
+// readCorpus returns the values of a seed file in testdata/fuzz: []byte,
+// int64, byte and bool values, as the seeds here use.
+func readCorpus(t *testing.T, target, name string) []any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "fuzz", target, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if lines[0] != "go test fuzz v1" {
+		t.Fatalf("%s/%s: not a seed file", target, name)
+	}
+	var out []any
+	for _, l := range lines[1:] {
+		typ, arg, ok := strings.Cut(strings.TrimSuffix(l, ")"), "(")
+		if !ok {
+			t.Fatalf("%s/%s: line %q", target, name, l)
+		}
+		switch typ {
+		case "[]byte":
+			s, err := strconv.Unquote(arg)
+			if err != nil {
+				t.Fatalf("%s/%s: %v", target, name, err)
+			}
+			out = append(out, []byte(s))
+		case "int64":
+			n, err := strconv.ParseInt(arg, 0, 64)
+			if err != nil {
+				t.Fatalf("%s/%s: %v", target, name, err)
+			}
+			out = append(out, n)
+		case "bool":
+			out = append(out, arg == "true")
+		case "byte", "uint8":
+			if len(arg) < 3 {
+				t.Fatalf("%s/%s: byte %s", target, name, arg)
+			}
+			c, _, _, err := strconv.UnquoteChar(arg[1:len(arg)-1], '\'')
+			if err != nil {
+				t.Fatalf("%s/%s: %v", target, name, err)
+			}
+			out = append(out, uint8(c))
+		default:
+			t.Fatalf("%s/%s: type %s", target, name, typ)
+		}
 	}
 	return out
 }

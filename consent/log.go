@@ -41,6 +41,11 @@ type LogStore interface {
 	Entry(ctx context.Context, n int64) ([]byte, error)
 }
 
+// maxTreeSize is the largest tree size a checkpoint may claim: 2^62
+// entries, far beyond any consent log, and the limit of tlog's proof
+// arithmetic, which never returns for larger trees.
+const maxTreeSize = 1 << 62
+
 // A Checkpoint is a signed statement of the log's size and root hash, in
 // the C2SP tlog-checkpoint format: origin, size and base64 root hash on
 // three lines, signed as a note.
@@ -133,19 +138,39 @@ func (l *Log) checkpointLocked(ctx context.Context) (*Checkpoint, error) {
 	return &Checkpoint{Origin: l.origin, Size: l.size, Hash: h, Signed: signed}, nil
 }
 
-// Prove returns a fresh inclusion proof for entry n in a tree of size t.
+// Prove returns a fresh inclusion proof for entry n in a tree of size t,
+// which the log must have reached.
 func (l *Log) Prove(ctx context.Context, n, t int64) ([]tlog.Hash, error) {
+	if err := l.checkSize(t); err != nil {
+		return nil, err
+	}
 	return tlog.ProveRecord(t, n, l.hashReader(ctx))
 }
 
-// ProveConsistency returns a proof that the tree of size newSize extends
-// the tree of size oldSize.
+// ProveConsistency returns a proof that the tree of size newSize, which
+// the log must have reached, extends the tree of size oldSize.
 func (l *Log) ProveConsistency(ctx context.Context, oldSize, newSize int64) ([]tlog.Hash, error) {
+	if err := l.checkSize(newSize); err != nil {
+		return nil, err
+	}
 	return tlog.ProveTree(newSize, oldSize, l.hashReader(ctx))
 }
 
+// checkSize refuses a tree larger than the log, before tlog's arithmetic
+// (which never returns for sizes over maxTreeSize) sees it.
+func (l *Log) checkSize(t int64) error {
+	l.mu.Lock()
+	size := l.size
+	l.mu.Unlock()
+	if t > size {
+		return fmt.Errorf("consent: no tree of size %d: the log holds %d entries", t, size)
+	}
+	return nil
+}
+
 // OpenCheckpoint checks a signed checkpoint with the log's public key (a
-// note verifier key) and parses it.
+// note verifier key) and parses it. A checkpoint claiming more than 2^62
+// entries is refused (ErrBadCheckpoint), even when the log signed it.
 func OpenCheckpoint(signed []byte, vkey string) (*Checkpoint, error) {
 	v, err := note.NewVerifier(vkey)
 	if err != nil {
@@ -160,7 +185,7 @@ func OpenCheckpoint(signed []byte, vkey string) (*Checkpoint, error) {
 		return nil, fmt.Errorf("%w: not a checkpoint of %s", ErrBadCheckpoint, v.Name())
 	}
 	size, err := strconv.ParseInt(lines[1], 10, 64)
-	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
+	if err != nil || size < 0 || size > maxTreeSize || strconv.FormatInt(size, 10) != lines[1] {
 		return nil, fmt.Errorf("%w: size %q", ErrBadCheckpoint, lines[1])
 	}
 	hb, err := base64.StdEncoding.DecodeString(lines[2])
@@ -189,10 +214,14 @@ func VerifyReceipt(r *Receipt, data []byte, vkey string) error {
 }
 
 // VerifyConsistency checks that the log at checkpoint newer only grew
-// from older: same origin, not smaller, and the proof links the roots.
+// from older: same origin, not smaller, no more than 2^62 entries, and the
+// proof links the roots.
 func VerifyConsistency(older, newer *Checkpoint, proof []tlog.Hash) error {
 	if older.Origin != newer.Origin {
 		return fmt.Errorf("%w: origins %q and %q", ErrBadCheckpoint, older.Origin, newer.Origin)
+	}
+	if newer.Size > maxTreeSize {
+		return fmt.Errorf("%w: size %d over %d", ErrBadCheckpoint, newer.Size, int64(maxTreeSize))
 	}
 	if newer.Size < older.Size {
 		return fmt.Errorf("%w: %d after %d", ErrLogShrunk, newer.Size, older.Size)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -378,4 +379,55 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLogHolds(t, l2, st2, vkey, []*Receipt{r0})
+}
+
+// TestHugeTreeSizes: tlog's proof checks never return for trees of more
+// than 2^62 entries, so a checkpoint claiming one is refused even when the
+// log signed it (a monitor must survive a hostile log), and the log
+// proves nothing for a tree larger than itself.
+func TestHugeTreeSizes(t *testing.T) {
+	ctx := context.Background()
+	l, st, skey, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
+	defer st.Close()
+	r, err := l.Append(ctx, entry(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, _ := OpenCheckpoint(r.Checkpoint, vkey)
+	signer, _ := note.NewSigner(skey)
+	huge := int64(1<<62 + 31)
+	signed, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\n%s\n", ck.Origin, huge, base64.StdEncoding.EncodeToString(ck.Hash[:]))}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	within(t, "OpenCheckpoint", func() error { _, err := OpenCheckpoint(signed, vkey); return err }, ErrBadCheckpoint)
+	within(t, "VerifyReceipt", func() error {
+		return VerifyReceipt(&Receipt{Index: 0, Proof: make([]tlog.Hash, 62), Checkpoint: signed}, entry(0), vkey)
+	}, ErrBadCheckpoint)
+	m := NewMonitor(vkey)
+	if _, err := m.Update(r.Checkpoint, nil); err != nil {
+		t.Fatal(err)
+	}
+	within(t, "Monitor.Update", func() error { _, err := m.Update(signed, make([]tlog.Hash, 62)); return err }, ErrBadCheckpoint)
+	within(t, "VerifyConsistency", func() error {
+		return VerifyConsistency(ck, &Checkpoint{Origin: ck.Origin, Size: huge, Hash: ck.Hash}, make([]tlog.Hash, 62))
+	}, ErrBadCheckpoint)
+	within(t, "Prove", func() error { _, err := l.Prove(ctx, 0, huge); return err }, nil)
+	within(t, "ProveConsistency", func() error { _, err := l.ProveConsistency(ctx, 1, huge); return err }, nil)
+}
+
+// within runs f, failing t unless it returns within five seconds an error
+// matching want (any error when want is nil).
+func within(t *testing.T, name string, f func() error, want error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		if err == nil || want != nil && !errors.Is(err, want) {
+			t.Errorf("%s: %v, want %v", name, err, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not return", name)
+	}
 }

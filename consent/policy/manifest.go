@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -146,10 +147,22 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		return errors.New("a duration is a string such as \"15m\" or \"720h\"")
 	}
 	v, err := time.ParseDuration(s)
-	if err != nil || v < 0 {
-		return &durationError{s}
+	if err := checkDuration(v, err == nil, s); err != nil {
+		return err
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// checkDuration is the range check of every duration a manifest holds,
+// read from JSON or CBOR or checked by Validate: ok says v is the value as
+// written (it parsed, and did not overflow a time.Duration), and v must
+// not be negative. Otherwise it returns a *durationError naming text, the
+// value as written.
+func checkDuration(v time.Duration, ok bool, text string) error {
+	if !ok || v < 0 {
+		return &durationError{text}
+	}
 	return nil
 }
 
@@ -164,13 +177,17 @@ func (d Duration) MarshalCBOR() ([]byte, error) {
 	return codec.Marshal(int64(time.Duration(d) / time.Second))
 }
 
-// UnmarshalCBOR reads whole seconds.
+// UnmarshalCBOR reads whole seconds, in the range UnmarshalJSON accepts.
 func (d *Duration) UnmarshalCBOR(b []byte) error {
 	var s int64
 	if err := codec.Unmarshal(b, &s); err != nil {
 		return err
 	}
-	*d = Duration(time.Duration(s) * time.Second)
+	v := time.Duration(s) * time.Second
+	if err := checkDuration(v, v/time.Second == time.Duration(s), strconv.FormatInt(s, 10)+"s"); err != nil {
+		return err
+	}
+	*d = Duration(v)
 	return nil
 }
 

@@ -70,6 +70,7 @@ func TestParseBadManifests(t *testing.T) {
 		{"syntax error", `"version": "2026.11.1",`, `"version": "2026.11.1",,`, 3, "not valid JSON"},
 		{"no legal basis", `"contract": true,`, ``, 14, "needs a consent purpose or contract"},
 		{"bad duration", `"bucket": "15m"`, `"bucket": "fortnight"`, 19, "bad duration"},
+		{"negative duration", `"cloud_retention": "8760h"`, `"cloud_retention": "-8760h"`, 38, "bad duration"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -65,6 +65,10 @@ func OpenSigned(msg []byte, makers *consent.KeySet) (*Manifest, error) {
 	}
 	var m Manifest
 	if err := manifestDecoder.Unmarshal(payload, &m); err != nil {
+		var de *durationError
+		if errors.As(err, &de) {
+			return nil, &ManifestError{Path: "(signed manifest)", Problem: de.Error()}
+		}
 		return nil, &ManifestError{Path: "(signed manifest)", Problem: err.Error()}
 	}
 	if err := m.Validate(); err != nil {

@@ -68,8 +68,12 @@ func (m *Manifest) validate() []*ManifestError {
 	if m.Version == "" {
 		bad("version", "missing")
 	}
-	wholeSeconds := func(path string, d Duration) {
-		if time.Duration(d)%time.Second != 0 {
+	// Durations read from JSON or CBOR are in range already; one set in
+	// Go may not be.
+	checkDur := func(path string, d Duration) {
+		if err := checkDuration(time.Duration(d), true, time.Duration(d).String()); err != nil {
+			bad(path, "%v", err)
+		} else if time.Duration(d)%time.Second != 0 {
 			bad(path, "durations are whole seconds")
 		}
 	}
@@ -118,14 +122,14 @@ func (m *Manifest) validate() []*ManifestError {
 				checkTransform(t, f.Type, tp, bad)
 			}
 		}
-		wholeSeconds(p+".cloud_retention", s.CloudRetention)
-		wholeSeconds(p+".device_retention", s.DeviceRetention)
+		checkDur(p+".cloud_retention", s.CloudRetention)
+		checkDur(p+".device_retention", s.DeviceRetention)
 		if s.Aggregate != nil {
-			wholeSeconds(p+".aggregate.window", s.Aggregate.Window)
+			checkDur(p+".aggregate.window", s.Aggregate.Window)
 		}
 		for j := range s.Fields {
 			for t := &s.Fields[j].Transform; t != nil; t = t.Then {
-				wholeSeconds(fmt.Sprintf("%s.fields[%d].transform.bucket", p, j), t.Bucket)
+				checkDur(fmt.Sprintf("%s.fields[%d].transform.bucket", p, j), t.Bucket)
 			}
 		}
 		if len(s.Destinations) > 0 && s.Consent == "" && !s.Contract {

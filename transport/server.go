@@ -133,7 +133,9 @@ type ServerConfig struct {
 	// cryptography. Zero means DefaultMaxHandshakes.
 	MaxHandshakes int
 	// HandshakeTimeout bounds one DTLS or TLS handshake, from its first
-	// message to the last; zero means DefaultHandshakeTimeout.
+	// message to the last; on coap+tcp:// and coaps+tcp:// it is also the
+	// time a new connection has to send its first CoAP message (the CSM).
+	// Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// MaxInFlightBytes bounds the request bytes the server holds at once
 	// across all connections: block-wise uploads being reassembled and

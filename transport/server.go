@@ -189,6 +189,8 @@ type Server struct {
 	hs      *limiter     // handshakes, one bucket for the server
 	// admit counts live connections, in all and per source prefix.
 	adm *admission
+	// slots caps DTLS and TLS handshakes in progress.
+	slots *handshakeSlots
 	// inflight bounds request bytes held across all connections.
 	inflight *semaphore.Weighted
 
@@ -246,7 +248,8 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	s := &Server{cfg: cfg, log: log, routes: make(map[string]*route), limiter: newLimiter(cfg.RateLimit),
 		hs: newLimiter(cfg.HandshakeRate), tick: make(chan struct{}),
-		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes)}
+		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes),
+		slots: newHandshakeSlots(cfg.MaxHandshakes)}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -335,15 +338,20 @@ func (s *Server) Listen(address string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		l, err := coapnet.NewDTLSListener("udp", u.Host, coapnet.NewDTLSServerOptions(opts...))
+		l, err := listenDTLS(u.Host, dtlsListenConfig{opts: opts, timeout: s.cfg.HandshakeTimeout,
+			maxFresh: s.cfg.MaxHandshakes, slots: s.slots, adm: s.adm, rate: s.hs, log: s.log})
 		if err != nil {
 			return "", err
 		}
+		// The listener returns established sessions only (dtlslisten.go).
 		srv := dtls.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
 			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, func() *session { return s.dtlsSession(cc) }) }),
 		)
-		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		s.serve(func() error {
+			defer l.shutdown() // after go-coap has closed its sessions
+			return srv.Serve(l)
+		}, func() { srv.Stop() })
 		return "coaps://" + l.Addr().String(), nil
 	case "coaps+tcp":
 		if s.cfg.Certificate == nil {
@@ -367,8 +375,10 @@ func (s *Server) Listen(address string) (string, error) {
 }
 
 // dtlsOptions configures a DTLS listener for PSK, with the suite RFC 7252
-// makes mandatory, or for certificates; connection IDs (RFC 9146) are on
-// either way, so a device whose address or port changes keeps its session.
+// makes mandatory, or for certificates. The listener adds connection IDs
+// (RFC 9146), so a device whose address or port changes keeps its
+// session, and does the handshake accounting: caps and rate are charged
+// when the client echoes the cookie (dtlslisten.go).
 func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 	if auth == "" {
 		auth = "psk"
@@ -377,18 +387,7 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 		}
 	}
 	opts := []piondtls.ServerOption{
-		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(8)),
 		piondtls.WithLoggerFactory(silentLogs{}),
-		// Refuse a handshake before any work when over the caps.
-		piondtls.WithOnConnectionAttempt(func(net.Addr) error {
-			if s.conns.Load() >= int64(s.cfg.MaxConnections) {
-				return errTooManyConns
-			}
-			if !s.hs.allow("", time.Now()) {
-				return errHandshakeRate
-			}
-			return nil
-		}),
 		piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
 	}
 	switch auth {

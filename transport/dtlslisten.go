@@ -133,7 +133,12 @@ const (
 	protocolVersionSize = 2
 )
 
-var errHandshakesFull = errors.New("transport: too many handshakes in progress")
+var (
+	errHandshakesFull = errors.New("transport: too many handshakes in progress")
+	// errPSKIdentity refuses a PSK identity that spells a device ID
+	// otherwise than its canonical form.
+	errPSKIdentity = errors.New("transport: PSK identity is not a device ID in canonical form")
+)
 
 // handshakeSlots caps the DTLS and TLS handshakes in progress, in all and
 // per source prefix (half of them), so that neither a flood nor one network

@@ -402,7 +402,13 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 				if err != nil {
 					return nil, err
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+				// One device, one name: ParseID forgives case, dashes
+				// and spaces, which would give a device several
+				// spellings in logs and key lookups.
+				if id.String() != string(hint) {
+					return nil, errPSKIdentity
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 				defer cancel()
 				return s.cfg.PSK(ctx, id)
 			})), nil

@@ -69,9 +69,13 @@ type dtlsListener struct {
 	sock *net.UDPConn
 
 	accepted chan *piondtls.Conn
-	done     chan struct{}
-	stop     sync.Once
-	wg       sync.WaitGroup
+	// workers holds a token per handshake goroutine: at most maxFresh
+	// waiting for their cookie plus one per handshake slot, so a dropped
+	// connection still winding down cannot take a new one's place.
+	workers chan struct{}
+	done    chan struct{}
+	stop    sync.Once
+	wg      sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -182,6 +186,7 @@ func listenDTLS(host string, cfg dtlsListenConfig) (*dtlsListener, error) {
 		cfg:      cfg,
 		sock:     sock,
 		accepted: make(chan *piondtls.Conn, dtlsAcceptQueue),
+		workers:  make(chan struct{}, cfg.maxFresh+cfg.slots.a.max),
 		done:     make(chan struct{}),
 		byAddr:   make(map[netip.AddrPort]*dtlsPeer),
 		byCID:    make(map[dtlsCID]*dtlsPeer),
@@ -319,6 +324,11 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 	if l.nfresh >= l.cfg.maxFresh && l.fresh.head != nil {
 		l.evict(l.fresh.head)
 	}
+	select {
+	case l.workers <- struct{}{}:
+	default:
+		return nil // dropped ones still winding down: the client retransmits
+	}
 	p := &dtlsPeer{
 		l:     l,
 		addr:  from,
@@ -402,6 +412,7 @@ func (l *dtlsListener) forget(p *dtlsPeer) {
 // handshake runs p's handshake and hands the session to AcceptWithContext.
 func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc, p *dtlsPeer) {
 	defer l.wg.Done()
+	defer func() { <-l.workers }()
 	defer cancel()
 	opts := append(l.cfg.opts[:len(l.cfg.opts):len(l.cfg.opts)], piondtls.WithConnectionIDGenerator(p.newCID))
 	dc, err := piondtls.ServerWithOptions(p, p.raddr, opts...)
@@ -414,7 +425,11 @@ func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc,
 		verified := p.stage.Load() != stageFresh
 		dc.Close()
 		p.Close()
-		if verified { // a peer that answered the cookie: not a spoofed source
+		switch {
+		case !verified: // no cookie back: a spoofed source, or a lost datagram
+		case errors.Is(err, context.DeadlineExceeded):
+			l.cfg.log.Debug("transport: DTLS handshake timed out", "peer", p.raddr)
+		default:
 			l.cfg.log.Info("transport: DTLS handshake failed", "peer", p.raddr, "err", err)
 		}
 		return

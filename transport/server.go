@@ -200,6 +200,8 @@ type Server struct {
 	devs    devices      // the live sessions of each device
 	// admit counts live connections, in all and per source prefix.
 	adm *admission
+	// slots caps DTLS and TLS handshakes in progress.
+	slots *handshakeSlots
 	// inflight bounds request bytes held across all connections.
 	inflight *semaphore.Weighted
 
@@ -273,7 +275,8 @@ func NewServer(cfg ServerConfig) *Server {
 		adm: newAdmission(cfg.MaxConnections, cfg.MaxConnectionsPerPrefix), inflight: semaphore.NewWeighted(cfg.MaxInFlightBytes),
 		unauth: newUnauthPeers(cfg.MaxUnauthenticated, cfg.MaxConnectionsPerPrefix, cfg.UnauthenticatedIdle),
 		stop:   make(chan struct{}), live: make(map[*session]struct{}),
-		notices: newLimiter(RateLimit{PerSecond: 1, Burst: noticeBurst})}
+		notices: newLimiter(RateLimit{PerSecond: 1, Burst: noticeBurst}),
+		slots:   newHandshakeSlots(cfg.MaxHandshakes)}
 	if cfg.Tokens != nil {
 		dec := mustDecoder(codec.Limits{MaxBody: identity.DefaultMaxTokenSize + 16})
 		s.routes[AuthPath] = &route{Resource: Resource{
@@ -371,16 +374,22 @@ func (s *Server) Listen(address string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		l, err := coapnet.NewDTLSListener("udp", u.Host, coapnet.NewDTLSServerOptions(opts...))
+		l, err := listenDTLS(u.Host, dtlsListenConfig{opts: opts, timeout: s.cfg.HandshakeTimeout,
+			maxFresh: s.cfg.MaxHandshakes, slots: s.slots, adm: s.adm, rate: s.hs, log: s.log})
 		if err != nil {
 			return "", err
 		}
+		// The listener returns established sessions only (dtlslisten.go).
 		srv := dtls.NewServer(options.WithMux(m), errs, maxMsg, ticker,
 			options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }),
 			options.WithRequestMonitor(s.udpFilter),
-			options.WithOnNewConn(func(cc *udpclient.Conn) { s.admit(cc, "coaps", func(ss *session) { s.dtlsSession(cc, ss) }) }),
+			// The listener has admitted the session already.
+			options.WithOnNewConn(func(cc *udpclient.Conn) { s.dtlsSession(cc, s.attach(cc, "coaps")) }),
 		)
-		s.serve(func() error { return srv.Serve(l) }, func() { srv.Stop() })
+		s.serve(func() error {
+			defer l.shutdown() // after go-coap has closed its sessions
+			return srv.Serve(l)
+		}, func() { srv.Stop() })
 		return "coaps://" + l.Addr().String(), nil
 	case "coaps+tcp":
 		if s.cfg.Certificate == nil {
@@ -406,8 +415,10 @@ func (s *Server) Listen(address string) (string, error) {
 }
 
 // dtlsOptions configures a DTLS listener for PSK, with the suite RFC 7252
-// makes mandatory, or for certificates; connection IDs (RFC 9146) are on
-// either way, so a device whose address or port changes keeps its session.
+// makes mandatory, or for certificates. The listener adds connection IDs
+// (RFC 9146), so a device whose address or port changes keeps its
+// session, and does the handshake accounting: caps and rate are charged
+// when the client echoes the cookie (dtlslisten.go).
 func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 	if auth == "" {
 		auth = "psk"
@@ -416,18 +427,7 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 		}
 	}
 	opts := []piondtls.ServerOption{
-		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(8)),
 		piondtls.WithLoggerFactory(silentLogs{}),
-		// Refuse a handshake before any work when over the caps.
-		piondtls.WithOnConnectionAttempt(func(net.Addr) error {
-			if s.adm.full() {
-				return errTooManyConns
-			}
-			if !s.hs.allow("", time.Now()) {
-				return errHandshakeRate
-			}
-			return nil
-		}),
 		piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
 	}
 	switch auth {
@@ -442,11 +442,13 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 				if err != nil {
 					return nil, err
 				}
+				// One device, one name: ParseID forgives case, dashes
+				// and spaces, which would give a device several
+				// spellings in logs and key lookups.
 				if id.String() != string(hint) {
-					// One device, one name: no other spelling of its ID.
-					return nil, errors.New("transport: PSK identity is not a device ID in canonical form")
+					return nil, errPSKIdentity
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 				defer cancel()
 				if err := s.authorize(ctx, Peer{Device: id, Method: "psk", Scheme: "coaps"}); err != nil {
 					return nil, err
@@ -555,21 +557,6 @@ type conn interface {
 	Close() error
 	RemoteAddr() net.Addr
 	Context() context.Context
-}
-
-// admit counts a new connection against MaxConnections and its source
-// prefix's share, closing it if either is full, and attaches its
-// session; authenticate binds the device a handshake proved.
-func (s *Server) admit(cc conn, scheme string, authenticate func(*session)) {
-	leave, err := s.adm.enter(cc.RemoteAddr())
-	if err != nil {
-		s.log.Debug("transport: connection refused", "peer", cc.RemoteAddr(), "err", err)
-		cc.Close()
-		return
-	}
-	ss := s.attach(cc, scheme)
-	ss.leave = leave
-	authenticate(ss)
 }
 
 // admitUDP takes a new plain-UDP peer into the unauthenticated quota,

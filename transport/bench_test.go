@@ -109,7 +109,7 @@ func rawBenchHandler() mux.HandlerFunc {
 // benchServerConfig lifts the connection and handshake caps for the
 // benchmarks' hundreds of clients.
 func benchServerConfig() ServerConfig {
-	return ServerConfig{MaxConnections: 1 << 20, HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}}
+	return ServerConfig{MaxConnections: 1 << 20, MaxConnectionsPerPrefix: 1 << 20, HandshakeRate: RateLimit{PerSecond: 1e6, Burst: 1 << 20}}
 }
 
 // benchFixture is newFixture with the benchmark resource. Its token

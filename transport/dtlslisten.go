@@ -16,6 +16,7 @@ import (
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
+	"github.com/pion/logging"
 	coapnet "github.com/plgd-dev/go-coap/v3/net"
 )
 
@@ -136,6 +137,25 @@ const (
 	helloRandomLen      = 32
 	protocolVersionSize = 2
 )
+
+// quietPion is a pion LoggerFactory whose loggers discard everything:
+// pion asks for one per connection, and this one costs nothing.
+type quietPion struct{}
+
+var _ logging.LoggerFactory = quietPion{}
+
+func (quietPion) NewLogger(string) logging.LeveledLogger { return quietPion{} }
+
+func (quietPion) Trace(string)          {}
+func (quietPion) Tracef(string, ...any) {}
+func (quietPion) Debug(string)          {}
+func (quietPion) Debugf(string, ...any) {}
+func (quietPion) Info(string)           {}
+func (quietPion) Infof(string, ...any)  {}
+func (quietPion) Warn(string)           {}
+func (quietPion) Warnf(string, ...any)  {}
+func (quietPion) Error(string)          {}
+func (quietPion) Errorf(string, ...any) {}
 
 var (
 	errHandshakesFull = errors.New("transport: too many handshakes in progress")
@@ -333,8 +353,7 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 		l:     l,
 		addr:  from,
 		raddr: net.UDPAddrFromAddrPort(from),
-		in:    make(chan dtlsDatagram, dtlsQueue),
-		done:  make(chan struct{}),
+		sig:   make(chan struct{}, 1),
 	}
 	l.byAddr[from] = p
 	l.fresh.push(p)
@@ -380,6 +399,7 @@ func (l *dtlsListener) pass(p *dtlsPeer, b []byte) bool {
 		return false
 	}
 	p.release, p.leave = release, leave
+	p.cookie = nil
 	p.stage.Store(stageVerified)
 	l.fresh.remove(p)
 	l.nfresh--
@@ -444,18 +464,17 @@ func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc,
 }
 
 // A dtlsPeer is one DTLS connection's share of the socket: the
-// net.PacketConn pion reads and writes it through.
+// net.PacketConn pion reads and writes it through. An idle one holds no
+// buffer and blocks its reader on one channel.
 type dtlsPeer struct {
-	l     *dtlsListener
-	addr  netip.AddrPort // the address it was opened from
-	raddr *net.UDPAddr
-	in    chan dtlsDatagram
-	done  chan struct{}
-	shutd sync.Once
-	stage atomic.Int32
+	l      *dtlsListener
+	addr   netip.AddrPort // the address it was opened from
+	raddr  *net.UDPAddr
+	stage  atomic.Int32
+	closed atomic.Bool
 
 	// Guarded by l.mu.
-	cookie     []byte // pion's HelloVerifyRequest cookie
+	cookie     []byte // pion's HelloVerifyRequest cookie, until echoed
 	cids       []dtlsCID
 	moved      bool // the address route was given up for a connection ID
 	listed     bool // on l.fresh
@@ -463,9 +482,11 @@ type dtlsPeer struct {
 	release    func() // handshake slot
 	leave      func() // session slot
 
-	dmu      sync.Mutex
-	deadline time.Time
-	wake     chan struct{} // closed when the read deadline changes
+	qmu      sync.Mutex
+	queue    []dtlsDatagram // datagrams for pion's reader; nil when empty
+	deadline time.Time      // read deadline
+	// sig wakes the reader: a datagram, a new deadline, or Close.
+	sig chan struct{}
 }
 
 // Connection stages.
@@ -489,48 +510,53 @@ func (p *dtlsPeer) push(b []byte, from netip.AddrPort) {
 	if from != p.addr {
 		d.from = net.UDPAddrFromAddrPort(from)
 	}
+	p.qmu.Lock()
+	if len(p.queue) < dtlsQueue {
+		p.queue = append(p.queue, d)
+	}
+	p.qmu.Unlock()
+	p.wake()
+}
+
+func (p *dtlsPeer) wake() {
 	select {
-	case p.in <- d:
-	default:
+	case p.sig <- struct{}{}:
+	default: // a wake-up is already pending
 	}
 }
 
 // ReadFrom returns the next datagram for p.
 func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
-		p.dmu.Lock()
-		if p.wake == nil {
-			p.wake = make(chan struct{})
-		}
-		dl, wake := p.deadline, p.wake
-		p.dmu.Unlock()
-		var t *time.Timer
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			wait := time.Until(dl)
-			if wait <= 0 {
-				return 0, nil, os.ErrDeadlineExceeded
+		p.qmu.Lock()
+		if len(p.queue) > 0 {
+			d := p.queue[0]
+			p.queue[0] = dtlsDatagram{}
+			if p.queue = p.queue[1:]; len(p.queue) == 0 {
+				p.queue = nil
 			}
-			t = time.NewTimer(wait)
-			expired = t.C
-		}
-		select {
-		case d := <-p.in:
-			if t != nil {
-				t.Stop()
-			}
+			p.qmu.Unlock()
 			return copy(b, d.b), d.from, nil
-		case <-expired:
-			return 0, nil, os.ErrDeadlineExceeded
-		case <-wake:
-			if t != nil {
-				t.Stop()
-			}
-		case <-p.done:
-			if t != nil {
-				t.Stop()
-			}
+		}
+		dl := p.deadline
+		p.qmu.Unlock()
+		if p.closed.Load() {
 			return 0, nil, net.ErrClosed
+		}
+		if dl.IsZero() {
+			<-p.sig
+			continue
+		}
+		wait := time.Until(dl)
+		if wait <= 0 {
+			return 0, nil, os.ErrDeadlineExceeded
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-p.sig:
+			t.Stop()
+		case <-t.C:
+			return 0, nil, os.ErrDeadlineExceeded
 		}
 	}
 }
@@ -540,10 +566,8 @@ func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
 // address than the first (a connection ID moved the session), the first
 // address stops routing to p.
 func (p *dtlsPeer) WriteTo(b []byte, addr net.Addr) (int, error) {
-	select {
-	case <-p.done:
+	if p.closed.Load() {
 		return 0, net.ErrClosed
-	default:
 	}
 	if p.stage.Load() == stageFresh {
 		if c := verifyRequestCookie(b); c != nil {
@@ -579,9 +603,7 @@ func (p *dtlsPeer) newCID() []byte {
 			break
 		}
 	}
-	select {
-	case <-p.done:
-	default:
+	if !p.closed.Load() {
 		l.byCID[c] = p
 		p.cids = append(p.cids, c)
 	}
@@ -619,7 +641,15 @@ func (p *dtlsPeer) Close() error {
 	return nil
 }
 
-func (p *dtlsPeer) shut() { p.shutd.Do(func() { close(p.done) }) }
+// shut makes p's reads and writes fail.
+func (p *dtlsPeer) shut() {
+	if p.closed.CompareAndSwap(false, true) {
+		p.qmu.Lock()
+		p.queue = nil
+		p.qmu.Unlock()
+		p.wake()
+	}
+}
 
 // LocalAddr returns the listener's address.
 func (p *dtlsPeer) LocalAddr() net.Addr { return p.l.sock.LocalAddr() }
@@ -630,13 +660,10 @@ func (p *dtlsPeer) SetDeadline(t time.Time) error { return p.SetReadDeadline(t) 
 // SetReadDeadline makes ReadFrom return os.ErrDeadlineExceeded at t (pion
 // sets a past time to interrupt a read); the zero time clears it.
 func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
-	p.dmu.Lock()
-	defer p.dmu.Unlock()
+	p.qmu.Lock()
 	p.deadline = t
-	if p.wake != nil {
-		close(p.wake)
-		p.wake = nil
-	}
+	p.qmu.Unlock()
+	p.wake()
 	return nil
 }
 

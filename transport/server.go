@@ -427,7 +427,7 @@ func (s *Server) dtlsOptions(auth string) ([]piondtls.ServerOption, error) {
 		}
 	}
 	opts := []piondtls.ServerOption{
-		piondtls.WithLoggerFactory(silentLogs{}),
+		piondtls.WithLoggerFactory(quietPion{}),
 		piondtls.WithExtendedMasterSecret(piondtls.RequireExtendedMasterSecret),
 	}
 	switch auth {

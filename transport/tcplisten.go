@@ -77,11 +77,6 @@ type tcpListener struct {
 	inner  net.Listener
 	tls    *tls.Config // nil for plain TCP
 	policy *connPolicy
-	// slots holds the handshakes in progress, up to MaxHandshakes. The
-	// field's documentation means a count across listeners; until the
-	// Server keeps one, each TLS listener has its own.
-	slots chan struct{}
-
 	ready  chan net.Conn // connections ready for go-coap
 	done   chan struct{} // closed by stop
 	ctx    context.Context
@@ -116,7 +111,6 @@ func newTCPListener(s *Server, inner net.Listener, tlsCfg *tls.Config) *tcpListe
 			maxMessage: uint64(s.cfg.MaxMessageSize), wait: s.cfg.IdleTimeout,
 			first: s.cfg.HandshakeTimeout, log: s.log,
 		},
-		slots: make(chan struct{}, s.cfg.MaxHandshakes),
 		ready: make(chan net.Conn), done: make(chan struct{}),
 		ctx: ctx, cancel: cancel,
 	}
@@ -216,21 +210,22 @@ func (l *tcpListener) admit(raw net.Conn) {
 		l.deliver(newTCPConn(raw, l.policy, leave))
 		return
 	}
-	select {
-	case l.slots <- struct{}{}:
-	default:
+	// The handshake slots are the server's, shared with DTLS, with a
+	// share per source prefix, so one network cannot hold them all.
+	release, err := l.s.slots.take(raw.RemoteAddr())
+	if err != nil {
 		leave()
 		l.refuse(raw, errTooManyHandshakes)
 		return
 	}
 	if !l.s.hs.allow("", time.Now()) {
-		<-l.slots
+		release()
 		leave()
 		l.refuse(raw, errHandshakeRate)
 		return
 	}
 	l.wg.Add(1)
-	go l.handshake(raw, leave)
+	go l.handshake(raw, leave, release)
 }
 
 // refuse resets a socket the server will not serve: no FIN handshake, no
@@ -244,14 +239,14 @@ func (l *tcpListener) refuse(raw net.Conn, why error) {
 }
 
 // handshake completes the TLS handshake of raw within HandshakeTimeout,
-// holding one of the listener's handshake slots, and hands the
+// holding one of the server's handshake slots, and hands the
 // connection over.
-func (l *tcpListener) handshake(raw net.Conn, leave func()) {
+func (l *tcpListener) handshake(raw net.Conn, leave, release func()) {
 	defer l.wg.Done()
 	_ = raw.SetDeadline(time.Now().Add(l.s.cfg.HandshakeTimeout))
 	tc := tls.Server(raw, l.tls)
 	err := tc.HandshakeContext(l.ctx)
-	<-l.slots
+	release()
 	if err == nil {
 		err = raw.SetDeadline(time.Time{})
 	}

@@ -236,7 +236,9 @@ func TestHostileTCPSilentTLS(t *testing.T) {
 	const timeout = 2 * time.Second
 	f := newFixture(t, "coaps+tcp", ServerConfig{
 		MaxConnections: maxConns, MaxConnectionsPerPrefix: perPrefix,
-		MaxHandshakes: perPrefix + 20, HandshakeTimeout: timeout,
+		// Handshake slots have a per-prefix share of half: room for
+		// the whole per-prefix connection cap.
+		MaxHandshakes: 2 * perPrefix, HandshakeTimeout: timeout,
 		// This test is about silent sockets, not the handshake rate
 		// (TestHostileTCPHandshakeRate).
 		HandshakeRate: RateLimit{PerSecond: 1e5, Burst: 1e5},
@@ -385,48 +387,54 @@ func TestHostileTCPHandshakeRate(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
-// TestHostileTCPMaxHandshakes: with MaxHandshakes 5, five silent TLS
-// sockets hold the five slots for HandshakeTimeout and every other one is
-// reset at once, before any TLS. While the slots are full a device's
-// handshake is refused too (the cap is global: the per-prefix connection
-// cap is what keeps one network from filling it); it is served as soon as
-// HandshakeTimeout frees them. Bound: at most 1 server goroutine per
-// slot (its handshake worker) + 32.
+// TestHostileTCPMaxHandshakes: with MaxHandshakes 4, each source prefix
+// may hold half of the slots: silent TLS sockets from one network hold 2
+// for HandshakeTimeout and every other one from it is reset at once,
+// before any TLS, while a device from elsewhere still completes its
+// handshake. When two networks hold all four, a device's handshake is
+// refused too, and served as soon as HandshakeTimeout frees them. Bound:
+// at most 1 server goroutine per slot (its handshake worker) + 32.
 func TestHostileTCPMaxHandshakes(t *testing.T) {
-	const slots = 5
+	const slots, share = 4, 2
 	attack := scale(20, 200)
 	const timeout = 1500 * time.Millisecond
 	f := newFixture(t, "coaps+tcp", ServerConfig{MaxHandshakes: slots, HandshakeTimeout: timeout})
 	before := runtime.NumGoroutine()
 	// Dial the first sockets one by one, so that they are the ones
 	// holding the slots.
-	fl := silentFlood(attackerIP, hostPort(t, f.url), slots, timeout+3*time.Second)
+	fl := silentFlood(attackerIP, hostPort(t, f.url), share, timeout+3*time.Second)
 	fl.dialed.Wait()
 	time.Sleep(100 * time.Millisecond)
-	rest := silentFlood(attackerIP, hostPort(t, f.url), attack-slots, timeout+3*time.Second)
+	rest := silentFlood(attackerIP, hostPort(t, f.url), attack-share, timeout+3*time.Second)
 	rest.dialed.Wait()
-	g := runtime.NumGoroutine() - before - int(fl.alive.Load()+rest.alive.Load())
+	// One network holds its share: the device still gets a slot.
+	legitPost(t, f, timeout/2, "while one network holds its share of the handshake slots")
+	fl2 := silentFlood(attackerIP2, hostPort(t, f.url), share, timeout+3*time.Second)
+	fl2.dialed.Wait()
+	time.Sleep(100 * time.Millisecond)
+	g := runtime.NumGoroutine() - before - int(fl.alive.Load()+rest.alive.Load()+fl2.alive.Load())
 	if c, err := dialAndPost(t, f); err == nil {
 		c.Close()
-		t.Error("a device completed a handshake while the attacker held every slot")
+		t.Error("a device completed a handshake while the attackers held every slot")
 	}
 	start := time.Now()
 	legitPost(t, f, timeout+time.Second, "after")
 	waited := time.Since(start)
 	fl.wg.Wait()
 	rest.wg.Wait()
+	fl2.wg.Wait()
 
-	lived, others := fl.lifetimes(), rest.lifetimes()
+	lived, others := append(fl.lifetimes(), fl2.lifetimes()...), rest.lifetimes()
+	slices.Sort(lived)
 	held, longest := atLeast(lived, timeout*3/4), lived[len(lived)-1]
 	quick := len(others) - atLeast(others, timeout/4)
 	t.Logf("%d silent TLS sockets: %d held a slot, %d of the rest reset at once; device served %v later; %d server goroutines",
-		attack, held, quick, waited.Round(time.Millisecond), g)
-	if held != slots || fl.survived > 0 || longest > timeout+time.Second {
-		t.Errorf("%d sockets held a slot about HandshakeTimeout (longest %v, %d never closed), want %d",
-			held, longest, fl.survived, slots)
+		attack+share, held, quick, waited.Round(time.Millisecond), g)
+	if held != slots || fl.survived > 0 || fl2.survived > 0 || longest > timeout+time.Second {
+		t.Errorf("%d sockets held a slot about HandshakeTimeout (longest %v), want %d", held, longest, slots)
 	}
-	if quick != attack-slots {
-		t.Errorf("%d sockets over the cap reset at once, want %d", quick, attack-slots)
+	if quick != attack-share {
+		t.Errorf("%d sockets over the share reset at once, want %d", quick, attack-share)
 	}
 	if g > slots+32 {
 		t.Errorf("%d server goroutines, want at most %d", g, slots+32)

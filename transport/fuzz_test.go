@@ -22,7 +22,8 @@ func FuzzServerDatagram(f *testing.F) {
 	f.Add([]byte{0x40, 0x01, 0, 0, 0xbe, 0xff, 0xff})
 	f.Add([]byte{0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 
-	fx := newFixture(f, "coap", ServerConfig{})
+	// The probe asks once per input: no rate limit.
+	fx := newFixture(f, "coap", ServerConfig{RateLimit: RateLimit{PerSecond: -1}})
 	u, _ := url.Parse(fx.url)
 	addr, err := net.ResolveUDPAddr("udp", u.Host)
 	if err != nil {

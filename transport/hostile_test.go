@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -41,6 +42,20 @@ func scale(ci, fullSize int) int {
 	}
 	return ci
 }
+
+// warnCounter is a slog handler that counts records at warning level or
+// above: a flood must not become a flood of log lines.
+type warnCounter struct{ n atomic.Int64 }
+
+func (w *warnCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (w *warnCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		w.n.Add(1)
+	}
+	return nil
+}
+func (w *warnCounter) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnCounter) WithGroup(string) slog.Handler      { return w }
 
 // rawPeer is a hand-driven CoAP-over-UDP peer on its own socket.
 type rawPeer struct {
@@ -333,9 +348,10 @@ func TestHostileUDPPeerFlood(t *testing.T) {
 	schemes := []string{"coap", "coaps", "coap+tcp"}
 	fs := map[string]*fixture{}
 	var srv *Server
+	warns := &warnCounter{}
 	for _, s := range schemes {
 		if srv == nil {
-			fs[s] = newFixture(t, s, ServerConfig{MaxUnauthenticated: quota, MaxConnections: 100})
+			fs[s] = newFixture(t, s, ServerConfig{MaxUnauthenticated: quota, MaxConnections: 100, Logger: slog.New(warns)})
 			srv = fs[s].srv
 			continue
 		}
@@ -384,6 +400,9 @@ func TestHostileUDPPeerFlood(t *testing.T) {
 	})
 	if grew := int64(heapInUse()) - int64(before); grew > 32<<20 {
 		t.Fatalf("heap grew %d bytes (bound 32 MiB)", grew)
+	}
+	if w := warns.n.Load(); w > 0 {
+		t.Fatalf("%d log records at warning level or above during the flood", w)
 	}
 	// They go after UnauthenticatedIdle (10 s by default); the devices'
 	// slots were never theirs.
@@ -458,7 +477,8 @@ func TestHostileNonRequestsDropped(t *testing.T) {
 // flooder's every datagram slower and starved other peers. A peer over
 // its rate limit is now answered only a few times and then once a second.
 func TestHostileRequestFlood(t *testing.T) {
-	f := newFixture(t, "coap", ServerConfig{RateLimit: RateLimit{PerSecond: 20, Burst: 20}})
+	warns := &warnCounter{}
+	f := newFixture(t, "coap", ServerConfig{RateLimit: RateLimit{PerSecond: 20, Burst: 20}, Logger: slog.New(warns)})
 	p := newRawPeer(t, f, "127.0.4.1:0")
 	n := scale(20000, 130000)
 	var answers atomic.Int64
@@ -509,6 +529,9 @@ func TestHostileRequestFlood(t *testing.T) {
 	limit := int64(20+noticeBurst) + int64((elapsed.Seconds()+1)*21)
 	if got := answers.Load(); got > limit {
 		t.Fatalf("%d of %d flood requests answered in %v (bound %d)", got, n, elapsed, limit)
+	}
+	if w := warns.n.Load(); w > 0 {
+		t.Fatalf("%d log records at warning level or above during the flood", w)
 	}
 	t.Logf("%d requests in %v, %d answered; slowest legitimate round trip during the flood %v", n, elapsed, answers.Load(), worst)
 }

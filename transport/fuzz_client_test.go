@@ -11,7 +11,6 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	"github.com/plgd-dev/go-coap/v3/net/observation"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
 
 	"github.com/sensible-iot/sensible/internal/codec"
@@ -285,17 +284,21 @@ func FuzzClientNotification(f *testing.F) {
 	f.Fuzz(func(t *testing.T, first bool, kind, code uint8, observe, format int32, options, payload []byte) {
 		r := fuzzReply{kind: kind, code: code, observe: observe, format: format, options: options, payload: payload}
 		var sent record
-		// lasts returns the datagrams that follow the fuzzed one.
+		// lasts returns the datagrams that follow the fuzzed one: the last
+		// notification, with a sequence number newer than the fuzzed
+		// datagram's and again with one newer than the registration's,
+		// for the client may or may not have taken the fuzzed one.
 		lasts := func(tok []byte, mid uint16, fuzzed []byte) [][]byte {
-			// The client's sequence number after the fuzzed datagram.
-			seq := uint32(2)
-			if s, ok := optionObserve(decoded(fuzzed)); ok && (first || observation.ValidSequenceNumber(seq, s, time.Now(), time.Now())) {
-				seq = s
+			seq, ok := optionObserve(decoded(fuzzed))
+			if !ok {
+				seq = 2
 			}
 			last := fuzzReply{kind: uint8(message.NonConfirmable), code: uint8(codes.Content), observe: int32((seq + 2) & 0xffffff),
 				format: int32(CBOR), payload: []byte{0x64, 'l', 'a', 's', 't'}, sep: 0x0f0f}
+			again := last
+			again.observe, again.sep = 3, 0x0e0e
 			if !first {
-				return [][]byte{last.encode(tok, mid)}
+				return [][]byte{last.encode(tok, mid), again.encode(tok, mid)}
 			}
 			// The client waits for an ACK to its registration: when the
 			// fuzzed datagram is none, lastACK is, and registers.
@@ -367,8 +370,8 @@ func FuzzClientNotification(f *testing.F) {
 			srv.send(append([][]byte{fuzzed}, lasts(tok, mid, fuzzed)...)...)
 		}
 		if m := decoded(sent.get()); m != nil {
-			if _, ok := optionObserve(m); !ok || !Code(m.Code).IsSuccess() {
-				return // a response without Observe, or an error, may end the observation
+			if _, ok := optionObserve(m); !ok || !Code(m.Code).IsSuccess() || m.Type == message.Reset {
+				return // a response without Observe, an error or a reset may end the observation
 			}
 		}
 		select {

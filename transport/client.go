@@ -20,8 +20,10 @@ import (
 	dtlsnet "github.com/pion/dtls/v3/pkg/net"
 	"github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	"github.com/plgd-dev/go-coap/v3/mux"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 	"github.com/plgd-dev/go-coap/v3/options"
 	"github.com/plgd-dev/go-coap/v3/pkg/runner/periodic"
 	"github.com/plgd-dev/go-coap/v3/tcp"
@@ -132,6 +134,7 @@ type Client struct {
 	conn         mux.Conn // nil after a failure, until the next request redials
 	closed       bool
 	observations map[*Observation]struct{}
+	uploads      map[string]struct{} // tokens of requests with a body in flight
 }
 
 // Dial connects to rawURL (coap://, coaps://, coap+tcp:// or coaps+tcp://),
@@ -159,7 +162,8 @@ func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{}), observations: make(map[*Observation]struct{})}
+	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{}), observations: make(map[*Observation]struct{}),
+		uploads: make(map[string]struct{})}
 	conn, err := c.connect(ctx)
 	if err != nil {
 		close(c.tick)
@@ -296,6 +300,7 @@ func (c *Client) connect(ctx context.Context) (mux.Conn, error) {
 	switch c.url.Scheme {
 	case "coap":
 		conn, err = udp.Dial(c.url.Host, errs, maxMsg, ticker, options.WithContext(context.WithoutCancel(ctx)),
+			options.WithRequestMonitor(c.udpFilter),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
 	case "coaps":
 		var dc *piondtls.Conn
@@ -303,6 +308,7 @@ func (c *Client) connect(ctx context.Context) (mux.Conn, error) {
 			return nil, err
 		}
 		conn = dtls.Client(dc, errs, maxMsg, ticker, options.WithCloseSocket(), options.WithContext(context.WithoutCancel(ctx)),
+			options.WithRequestMonitor(c.udpFilter),
 			options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *udpclient.Conn) { cc.Close() }))
 	case "coap+tcp", "coaps+tcp":
 		var tcfg *tls.Config
@@ -386,6 +392,9 @@ func (c *Client) dialTCP(ctx context.Context, tcfg *tls.Config, opts ...tcp.Opti
 		nc = tc
 	}
 	opts = append(opts, options.WithContext(context.WithoutCancel(ctx)), options.WithCloseSocket(),
+		// Over TCP a message carries its whole body (RFC 8323): no
+		// block-wise layer, and none for a hostile server to crash.
+		options.WithBlockwise(false, blockwise.SZX1024, 0),
 		options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
 	conn, err := tcp.Client(nc, opts...)
 	if err != nil {
@@ -519,6 +528,18 @@ func (c *Client) roundTrip(ctx context.Context, conn mux.Conn, m Method, path st
 		return err
 	}
 	defer conn.ReleaseMessage(req)
+	if len(body) > 0 {
+		// Only a request with a body may be answered 2.31 Continue.
+		key := string(req.Token())
+		c.mu.Lock()
+		c.uploads[key] = struct{}{}
+		c.mu.Unlock()
+		defer func() {
+			c.mu.Lock()
+			delete(c.uploads, key)
+			c.mu.Unlock()
+		}()
+	}
 	if m == GET || m == DELETE {
 		if len(body) > 0 {
 			req.SetContentFormat(message.MediaType(format))
@@ -557,6 +578,35 @@ func (c *Client) responseError(code Code, cf Format, body []byte) *Error {
 		}
 	}
 	return e
+}
+
+// Over UDP and DTLS the client's filter sees every message from the
+// server, parsed, before
+// go-coap's block-wise layer or a response handler does. A client serves
+// no requests, so a request from the server is dropped; and 2.31 Continue,
+// or a Block1 option, answers only an upload in flight: go-coap v3.8.0
+// takes them, for a request without a body, as a cue to send the next
+// block of a body it does not have, and crashes the process.
+func (c *Client) udpFilter(_ *udpclient.Conn, m *pool.Message) (bool, error) {
+	return c.filter(m), nil
+}
+
+// filter reports whether to drop m.
+func (c *Client) filter(m *pool.Message) bool {
+	code := m.Code()
+	switch {
+	case code == codes.Empty:
+		return false // ping, ACK, RST
+	case code < 32:
+		return true // a request, or a reserved code
+	}
+	if code == codes.Continue || m.HasOption(message.Block1) {
+		c.mu.Lock()
+		_, ok := c.uploads[string(m.Token())]
+		c.mu.Unlock()
+		return !ok
+	}
+	return false
 }
 
 func readAll(m *pool.Message) ([]byte, error) {

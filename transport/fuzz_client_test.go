@@ -192,10 +192,11 @@ func checkClientError(t *testing.T, err error) {
 // an *Error carrying the reply's code, or a decode error; see knownUntyped
 // for the one exception. Seeds are in testdata/fuzz/FuzzClientResponse.
 //
-// Known failure: with go-coap v3.8.0 a datagram with a request's token, a
-// request code and a Block2 option (such as CON GET with an empty Block2)
-// crashes the client in go-coap's block-wise layer (a nil body in
-// createSendingMessage); the fuzzer finds it in seconds.
+// Regression seeds gocoap-crash-*: with go-coap v3.8.0 a datagram with a
+// request's token and a request code or 2.31 Continue (such as CON GET
+// with an empty Block2) crashed the client in go-coap's block-wise layer
+// (a nil body in createSendingMessage); the client's filter now drops
+// them before go-coap sees them.
 func FuzzClientResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, post bool, kind, code uint8, observe, format int32, options, payload []byte) {
 		r := fuzzReply{kind: kind, code: code, observe: observe, format: format, options: options, payload: payload}
@@ -278,8 +279,8 @@ func (r *record) get() []byte {
 // for the exception); each notification decodes or fails with a decode
 // error; and the last notification arrives unless the fuzzed datagram
 // ended the observation. Seeds are in
-// testdata/fuzz/FuzzClientNotification; the go-coap crash FuzzClientResponse
-// describes is reachable here too.
+// testdata/fuzz/FuzzClientNotification, with the regression seeds of the
+// go-coap crash that FuzzClientResponse describes.
 func FuzzClientNotification(f *testing.F) {
 	f.Fuzz(func(t *testing.T, first bool, kind, code uint8, observe, format int32, options, payload []byte) {
 		r := fuzzReply{kind: kind, code: code, observe: observe, format: format, options: options, payload: payload}

@@ -247,3 +247,41 @@ func TestHostileKnownAttacks(t *testing.T) {
 		legit(t, f)
 	})
 }
+
+// A TCP message header claiming a megabyte costs its sender 6 bytes; it
+// must not cost the server a megabyte of its in-flight budget. Many
+// connections that each send a CSM and such a header, and nothing more,
+// leave room for a device's 2 KiB request and for a Block1 upload.
+func TestHostileTCPHeaderOnly(t *testing.T) {
+	f := newFixture(t, "coap+tcp", ServerConfig{MaxInFlightBytes: 4 << 20})
+	must(t, f.srv.Handle(Resource{Path: "/v1/upload", Methods: []Method{POST}, Public: true, MaxBody: 8 << 10,
+		Handler: func(ctx context.Context, r *Request) (any, error) { return len(r.Body), nil }}))
+	udp, err := f.srv.Listen("coap://127.0.0.1:0")
+	must(t, err)
+	const claim = 1<<20 - 100
+	ext := uint32(claim - 65805)
+	header := []byte{0x00, 0xe1, 0xf0, byte(ext >> 24), byte(ext >> 16), byte(ext >> 8), byte(ext), 0x02}
+	n := scale(66, 1000)
+	for i := range n {
+		c, err := dialerFrom(fmt.Sprintf("127.0.%d.%d", 20+i/250, 1+i%250)).Dial("tcp", hostPort(t, f.url))
+		must(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = c.Write(header)
+		must(t, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c := f.dial(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var got int
+	if err := c.Post(ctx, "/v1/upload", bytes.Repeat([]byte{1}, 2048), &got); err != nil {
+		t.Fatalf("a 2 KiB request while %d headers wait: %v", n, err)
+	}
+	u, err := Dial(ctx5(t), udp, ClientConfig{})
+	must(t, err)
+	defer u.Close()
+	if err := u.Post(ctx, "/v1/upload", bytes.Repeat([]byte{1}, 4096), &got); err != nil {
+		t.Fatalf("a Block1 upload while %d headers wait: %v", n, err)
+	}
+	legit(t, f)
+}

@@ -285,3 +285,33 @@ func TestHostileTCPHeaderOnly(t *testing.T) {
 	}
 	legit(t, f)
 }
+
+// A reassembled body whose request go-coap answers from its cache (a
+// reused message ID) never reaches a handler; its bytes still come back
+// to the in-flight budget, within RequestTimeout and a few seconds.
+func TestHostileBlock1ReusedMID(t *testing.T) {
+	const budget = 8 << 10
+	f := newFixture(t, "coap", ServerConfig{MaxInFlightBytes: budget, RequestTimeout: time.Second, RateLimit: RateLimit{PerSecond: -1}})
+	var calls atomic.Int32
+	must(t, f.srv.Handle(Resource{Path: "/v1/upload", Methods: []Method{POST}, Public: true, MaxBody: 4096,
+		Handler: func(ctx context.Context, r *Request) (any, error) { calls.Add(1); return len(r.Body), nil }}))
+	p := newRawPeer(t, f, "")
+	chunk := make([]byte, 1024)
+	for i := range 3 * budget / len(chunk) {
+		mid := int32(1000 + i)
+		p.send(msg{typ: message.Confirmable, code: codes.GET, token: []byte{1}, path: "/v1/status", mid: mid})
+		p.recv(time.Second)
+		p.send(msg{typ: message.Confirmable, code: codes.POST, token: []byte{2}, path: "/v1/upload", mid: mid, payload: chunk,
+			opts: []message.Option{blockOpt(0, false, 6), uintOption(message.ContentFormat, 60)}})
+		p.recv(time.Second)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("handler called %d times: the reused message IDs were not answered from go-coap's cache", n)
+	}
+	waitFor(t, time.Second+handoffSlack+2*time.Second, "the budget came back", func() bool { return budgetFree(f.srv) })
+	r := p.call(msg{code: codes.POST, path: "/v1/upload", payload: chunk,
+		opts: []message.Option{blockOpt(0, false, 6), uintOption(message.ContentFormat, 60)}})
+	if r.Code != codes.Changed {
+		t.Fatalf("an upload after them: %v", r.Code)
+	}
+}

@@ -315,3 +315,33 @@ func TestHostileBlock1ReusedMID(t *testing.T) {
 		t.Fatalf("an upload after them: %v", r.Code)
 	}
 }
+
+// A registration whose connection closes while its handler runs does not
+// outlive the connection.
+func TestHostileObserveCloseDuringRegistration(t *testing.T) {
+	f := newFixture(t, "coap+tcp", ServerConfig{})
+	var calls atomic.Int32
+	must(t, f.srv.Handle(Resource{Path: "/v1/slow", Public: true, Observable: true,
+		Handler: func(ctx context.Context, r *Request) (any, error) {
+			calls.Add(1)
+			time.Sleep(100 * time.Millisecond)
+			return 0, nil
+		}}))
+	// CSM, then GET /v1/slow with Observe 0 and a token.
+	get := []byte{0x00, 0xe1, 0x91, 0x01, 0x07, 0x60, 0x52, 'v', '1', 0x04, 's', 'l', 'o', 'w'}
+	for i := range 20 {
+		c, err := dialerFrom(fmt.Sprintf("127.0.30.%d", i+1)).Dial("tcp", hostPort(t, f.url))
+		must(t, err)
+		_, err = c.Write(get)
+		must(t, err)
+		time.Sleep(10 * time.Millisecond)
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "every registration handled", func() bool { return calls.Load() == 20 })
+	time.Sleep(200 * time.Millisecond)
+	waitFor(t, 3*time.Second, "registrations of closed connections gone", func() bool { return f.srv.obs.count() == 0 })
+	if _, err := f.srv.Notify(ctx5(t), "/v1/slow", identity.ID{}, 1); err != nil {
+		t.Fatalf("Notify after the connections closed: %v", err)
+	}
+	legit(t, f)
+}

@@ -345,3 +345,42 @@ func TestHostileObserveCloseDuringRegistration(t *testing.T) {
 	}
 	legit(t, f)
 }
+
+// A device revoked while its handshake is under way (authorized just
+// before the revocation) does not keep the session the handshake makes.
+func TestHostileRevokeDuringHandshake(t *testing.T) {
+	var calls atomic.Int32
+	inHook := make(chan struct{})
+	revoked := make(chan struct{})
+	f := newFixture(t, "coaps", ServerConfig{Authorize: func(ctx context.Context, p Peer) error {
+		if calls.Add(1) == 1 {
+			close(inHook)
+			<-revoked // authorized, but the device is revoked meanwhile
+			return nil
+		}
+		return errors.New("revoked")
+	}})
+	cfg := f.config(t, true)
+	cfg.Retry.Attempts = 1
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, f.url, cfg)
+		if err == nil {
+			err = c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, nil)
+			c.Close()
+		}
+		done <- err
+	}()
+	<-inHook
+	f.srv.Revoke(f.dev)
+	close(revoked)
+	if err := <-done; err == nil {
+		t.Fatal("a device revoked during its handshake was served")
+	}
+	if calls.Load() < 2 {
+		t.Fatal("the session was not authorized again after the revocation")
+	}
+	waitFor(t, 2*time.Second, "no session of the revoked device", func() bool { return len(f.srv.devs.sessions(f.dev)) == 0 })
+}

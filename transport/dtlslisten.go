@@ -81,7 +81,11 @@ type dtlsListener struct {
 	mu     sync.Mutex
 	closed bool
 	byAddr map[netip.AddrPort]*dtlsPeer
-	byCID  map[dtlsCID]*dtlsPeer
+	// renew holds a new handshake from an address that has a session (a
+	// device that restarted and kept its port), until its cookie comes
+	// back and it takes the address over (RFC 6347 section 4.2.8).
+	renew map[netip.AddrPort]*dtlsPeer
+	byCID map[dtlsCID]*dtlsPeer
 	// fresh lists the connections waiting for their cookie, oldest first.
 	fresh  peerList
 	nfresh int
@@ -209,6 +213,7 @@ func listenDTLS(host string, cfg dtlsListenConfig) (*dtlsListener, error) {
 		workers:  make(chan struct{}, cfg.maxFresh+cfg.slots.a.max),
 		done:     make(chan struct{}),
 		byAddr:   make(map[netip.AddrPort]*dtlsPeer),
+		renew:    make(map[netip.AddrPort]*dtlsPeer),
 		byCID:    make(map[dtlsCID]*dtlsPeer),
 	}
 	l.wg.Add(1)
@@ -246,6 +251,9 @@ func (l *dtlsListener) Close() error {
 				peers = append(peers, p)
 			}
 		}
+		for _, p := range l.renew {
+			peers = append(peers, p)
+		}
 		l.mu.Unlock()
 		close(l.done)
 		for _, p := range peers {
@@ -268,8 +276,11 @@ func (l *dtlsListener) Close() error {
 func (l *dtlsListener) shutdown() {
 	l.Close()
 	l.mu.Lock()
-	peers := make([]*dtlsPeer, 0, len(l.byAddr)+len(l.byCID))
+	peers := make([]*dtlsPeer, 0, len(l.byAddr)+len(l.byCID)+len(l.renew))
 	for _, p := range l.byAddr {
+		peers = append(peers, p)
+	}
+	for _, p := range l.renew {
 		peers = append(peers, p)
 	}
 	for _, p := range l.byCID {
@@ -316,7 +327,19 @@ func (l *dtlsListener) route(b []byte, from netip.AddrPort) {
 		p = l.byCID[dtlsCID(b[11:11+dtlsCIDLen])]
 	}
 	if p == nil {
-		p = l.byAddr[from]
+		if p = l.byAddr[from]; p != nil && p.stage.Load() != stageFresh {
+			// A ClientHello on an address with a session: the start of
+			// a new one, which does not disturb the old until its
+			// cookie comes back. An echoed cookie without a new
+			// handshake is the old one's retransmission.
+			if cookie, hello, ok := helloCookie(b); hello && ok {
+				if q := l.renew[from]; q != nil {
+					p = q
+				} else if len(cookie) == 0 {
+					p = nil
+				}
+			}
+		}
 	}
 	switch {
 	case p == nil:
@@ -355,7 +378,12 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 		raddr: net.UDPAddrFromAddrPort(from),
 		sig:   make(chan struct{}, 1),
 	}
-	l.byAddr[from] = p
+	if l.byAddr[from] != nil {
+		p.renewing = true
+		l.renew[from] = p
+	} else {
+		l.byAddr[from] = p
+	}
 	l.fresh.push(p)
 	l.nfresh++
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
@@ -380,6 +408,15 @@ func (l *dtlsListener) pass(p *dtlsPeer, b []byte) bool {
 	}
 	if len(p.cookie) == 0 || subtle.ConstantTimeCompare(cookie, p.cookie) != 1 {
 		return false
+	}
+	if p.renewing {
+		// The address answered: its old session is over.
+		if old := l.byAddr[p.addr]; old != nil {
+			l.end(old)
+		}
+		delete(l.renew, p.addr)
+		p.renewing = false
+		l.byAddr[p.addr] = p
 	}
 	release, err := l.cfg.slots.take(p.raddr)
 	if err != nil {
@@ -412,11 +449,29 @@ func (l *dtlsListener) evict(p *dtlsPeer) {
 	p.shut()
 }
 
+// end ends a session or handshake and gives back its slots at once; l.mu
+// is held. pion and go-coap see its connection fail and close it.
+func (l *dtlsListener) end(p *dtlsPeer) {
+	l.forget(p)
+	release, leave := p.release, p.leave
+	p.release, p.leave = nil, nil
+	if release != nil {
+		release()
+	}
+	if leave != nil {
+		leave()
+	}
+	p.shut()
+}
+
 // forget removes every route to p; l.mu is held. It may be called more
 // than once.
 func (l *dtlsListener) forget(p *dtlsPeer) {
 	if l.byAddr[p.addr] == p {
 		delete(l.byAddr, p.addr)
+	}
+	if l.renew[p.addr] == p {
+		delete(l.renew, p.addr)
 	}
 	for _, c := range p.cids {
 		if l.byCID[c] == p {
@@ -477,6 +532,7 @@ type dtlsPeer struct {
 	cookie     []byte // pion's HelloVerifyRequest cookie, until echoed
 	cids       []dtlsCID
 	moved      bool // the address route was given up for a connection ID
+	renewing   bool // on l.renew
 	listed     bool // on l.fresh
 	prev, next *dtlsPeer
 	release    func() // handshake slot

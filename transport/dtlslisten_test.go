@@ -30,8 +30,13 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	dtlsnet "github.com/pion/dtls/v3/pkg/net"
+	"github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/internal/codec"
 )
 
 // pskHandshake runs a DTLS-PSK client handshake with identity hint and key.
@@ -418,7 +423,7 @@ func stalledHandshake(server *net.UDPAddr, ip netip.Addr) (*net.UDPConn, bool, e
 		c.Close()
 		return nil, false, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	n, err := c.Read(buf)
 	if err != nil {
 		return c, false, nil // dropped: no worker free, or the server is full
@@ -432,7 +437,7 @@ func stalledHandshake(server *net.UDPAddr, ip netip.Addr) (*net.UDPConn, bool, e
 		c.Close()
 		return nil, false, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	n, err = c.Read(buf)
 	serverHello := err == nil && n > recordHeaderLen && buf[0] == contentHandshake && buf[recordHeaderLen] == 2
 	return c, serverHello, nil
@@ -500,7 +505,7 @@ func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.
 // own); heap growth ≤ 64 KiB per handshake goroutine + 16 MiB; no slot,
 // session slot or handshake goroutine left HandshakeTimeout after.
 func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
-	maxHS, timeout := 16, 2*time.Second
+	maxHS, timeout := 16, 3*time.Second
 	if hostileFull() {
 		maxHS, timeout = DefaultMaxHandshakes, DefaultHandshakeTimeout
 	}
@@ -598,5 +603,111 @@ func TestHostileDTLSRefusedHandshakeFreesSlots(t *testing.T) {
 				t.Fatalf("device after the refusals: %v", err)
 			}
 		})
+	}
+}
+
+// portDevice is the fixture's device on a socket bound to a port of its
+// choosing, as a device whose port survives a restart (a fixed local port,
+// or a NAT that keeps the mapping).
+type portDevice struct {
+	nc net.Conn
+	cc *udpclient.Conn
+}
+
+func dialFromPort(t *testing.T, f *fixture, port int) (*portDevice, error) {
+	t.Helper()
+	key, err := DerivePSK(fleetSecret, f.dev)
+	must(t, err)
+	d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}}
+	nc, err := d.DialContext(ctx5(t), "udp", strings.TrimPrefix(f.url, "coaps://"))
+	if err != nil {
+		return nil, err
+	}
+	dc, err := piondtls.ClientWithOptions(dtlsnet.PacketConnFromConn(nc), nc.RemoteAddr(),
+		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
+		piondtls.WithPSK(func([]byte) ([]byte, error) { return key, nil }),
+		piondtls.WithPSKIdentityHint([]byte(f.dev.String())),
+		piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()),
+		piondtls.WithLoggerFactory(silentLogs{}))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := dc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	pd := &portDevice{nc: nc, cc: dtls.Client(dc)}
+	t.Cleanup(func() { pd.cc.Close() })
+	return pd, nil
+}
+
+func (d *portDevice) port() int { return d.nc.LocalAddr().(*net.UDPAddr).Port }
+
+// post sends one reading on the session and checks the answer.
+func (d *portDevice) post(t *testing.T) error {
+	t.Helper()
+	body, err := codec.Marshal([]reading{{"p", 1}})
+	must(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := d.cc.Post(ctx, "/v1/telemetry", message.AppCBOR, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if resp.Code() != codes.Changed {
+		return fmt.Errorf("answer %v", resp.Code())
+	}
+	return nil
+}
+
+// TestHostileDTLSHelloOnSessionAddress: a first ClientHello from the
+// address of a live session is the start of a new handshake, as RFC 6347
+// section 4.2.8 asks. Spoofed (no cookie comes back), it does not disturb
+// the session and is gone after HandshakeTimeout. From a device that
+// restarted and kept its port, it replaces the old session as soon as the
+// cookie comes back, and the old session's slot is given back; before,
+// such a device was shut out until the old session's idle timeout.
+func TestHostileDTLSHelloOnSessionAddress(t *testing.T) {
+	timeout := time.Second
+	f := newFixture(t, "coaps", ServerConfig{HandshakeTimeout: timeout})
+	dev, err := dialFromPort(t, f, 0)
+	must(t, err)
+	defer dev.nc.Close()
+	must(t, dev.post(t))
+
+	// Spoofed: the hello comes from the session's address (sent here
+	// through the device's own socket) but nobody answers the cookie.
+	_, err = dev.nc.Write(rawClientHello(newRandom(), nil, 0, 0))
+	must(t, err)
+	if err := dev.post(t); err != nil {
+		t.Fatalf("session after a spoofed hello from its address: %v", err)
+	}
+	if !waitFor(timeout+2*time.Second, func() bool { return halfOpen(t) == 0 }) {
+		t.Fatalf("%d handshake goroutines after HandshakeTimeout", halfOpen(t))
+	}
+	if err := dev.post(t); err != nil {
+		t.Fatalf("session after the spoofed handshake timed out: %v", err)
+	}
+	if n := f.srv.adm.live(); n != 1 {
+		t.Fatalf("%d session slots, want 1", n)
+	}
+
+	// Restart: the device loses its session without a word and comes
+	// back from the same port.
+	port := dev.port()
+	dev.nc.Close()
+	start := time.Now()
+	again, err := dialFromPort(t, f, port)
+	if err != nil {
+		t.Fatalf("device restarted on port %d: %v", port, err)
+	}
+	defer again.nc.Close()
+	must(t, again.post(t))
+	t.Logf("restarted device served after %v", time.Since(start))
+	if !waitFor(2*time.Second, func() bool { return f.srv.adm.live() == 1 && f.srv.conns.Load() == 1 }) {
+		t.Fatalf("%d session slots and %d go-coap connections, want the new session only", f.srv.adm.live(), f.srv.conns.Load())
 	}
 }

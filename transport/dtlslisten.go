@@ -65,6 +65,20 @@ import (
 //     (bounded by maxFresh plus the handshake slots), within the handshake
 //     timeout from the first ClientHello; only an established session is
 //     returned by AcceptWithContext.
+//   - A first ClientHello from the address of a live session (a device
+//     that restarted and kept its port) gets a connection of its own that
+//     leaves the session alone until the cookie comes back, then ends it
+//     and takes the address over (RFC 6347 section 4.2.8).
+//
+// # Caveats
+//
+// Under a spoofed flood of R first ClientHellos a second, a device's
+// connection survives about maxFresh/R seconds before it is dropped as the
+// oldest: enough for a round trip on a LAN or the Internet at the default
+// 256 and tens of thousands of hellos a second, not for a slow cellular
+// link. A device whose cookie came back too late starts again when its
+// handshake times out. Only a stateless cookie, which pion does not offer,
+// would remove that window.
 type dtlsListener struct {
 	cfg  dtlsListenConfig
 	sock *net.UDPConn
@@ -358,11 +372,15 @@ func (l *dtlsListener) route(b []byte, from netip.AddrPort) {
 // returns nil. l.mu is held.
 func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 	cookie, hello, ok := helloCookie(b)
-	if !hello || !ok || len(cookie) != 0 || l.cfg.adm.full() {
+	if !hello || !ok || len(cookie) != 0 {
 		// Not the start of a handshake, or an echoed cookie whose
 		// connection is gone (dropped as the oldest, or timed out): the
 		// client starts again when its own handshake times out.
 		return nil
+	}
+	renewing := l.byAddr[from] != nil
+	if !renewing && l.cfg.adm.full() {
+		return nil // a renewal reuses its old session's slot
 	}
 	if l.nfresh >= l.cfg.maxFresh && l.fresh.head != nil {
 		l.evict(l.fresh.head)
@@ -378,7 +396,7 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 		raddr: net.UDPAddrFromAddrPort(from),
 		sig:   make(chan struct{}, 1),
 	}
-	if l.byAddr[from] != nil {
+	if renewing {
 		p.renewing = true
 		l.renew[from] = p
 	} else {
@@ -497,11 +515,12 @@ func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc,
 		return
 	}
 	if err := dc.HandshakeContext(ctx); err != nil {
-		verified := p.stage.Load() != stageFresh
+		verified, ended := p.stage.Load() != stageFresh, p.closed.Load()
 		dc.Close()
 		p.Close()
 		switch {
 		case !verified: // no cookie back: a spoofed source, or a lost datagram
+		case ended: // by the listener: closing, or a newer handshake from the address
 		case errors.Is(err, context.DeadlineExceeded):
 			l.cfg.log.Debug("transport: DTLS handshake timed out", "peer", p.raddr)
 		default:

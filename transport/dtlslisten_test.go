@@ -711,3 +711,44 @@ func TestHostileDTLSHelloOnSessionAddress(t *testing.T) {
 		t.Fatalf("%d session slots and %d go-coap connections, want the new session only", f.srv.adm.live(), f.srv.conns.Load())
 	}
 }
+
+// FuzzDTLSRecordPeek: the listener's look at datagrams before pion (the
+// ClientHello cookie, the HelloVerifyRequest cookie) never panics and
+// never reads past the datagram.
+func FuzzDTLSRecordPeek(f *testing.F) {
+	r := newRandom()
+	f.Add(rawClientHello(r, nil, 0, 0))
+	f.Add(rawClientHello(r, bytes.Repeat([]byte{1}, 20), 1, 1))
+	f.Add([]byte{contentHandshake, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18,
+		typeHelloVerifyReq, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 6, 0xfe, 0xff, 3, 1, 2, 3})
+	f.Add([]byte{contentCID, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if cookie, hello, ok := helloCookie(b); ok && (!hello || len(cookie) > len(b)) {
+			t.Fatalf("helloCookie = %x, %v, %v", cookie, hello, ok)
+		}
+		if c := verifyRequestCookie(b); len(c) > len(b) {
+			t.Fatalf("verifyRequestCookie = %x", c)
+		}
+	})
+}
+
+func TestDTLSRecordPeek(t *testing.T) {
+	r := newRandom()
+	if c, hello, ok := helloCookie(rawClientHello(r, nil, 0, 0)); !hello || !ok || len(c) != 0 {
+		t.Fatalf("first ClientHello: %x %v %v", c, hello, ok)
+	}
+	want := []byte("0123456789abcdefghij")
+	if c, hello, ok := helloCookie(rawClientHello(r, want, 1, 1)); !hello || !ok || !bytes.Equal(c, want) {
+		t.Fatalf("second ClientHello: %x %v %v", c, hello, ok)
+	}
+	short := rawClientHello(r, want, 1, 1)[:recordHeaderLen+handshakeHeaderLen+40]
+	binary.BigEndian.PutUint16(short[11:13], uint16(len(short)-recordHeaderLen))
+	if _, hello, ok := helloCookie(short); !hello || ok {
+		t.Fatalf("a first fragment that hides the cookie: hello %v ok %v", hello, ok)
+	}
+	hvr := []byte{contentHandshake, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18,
+		typeHelloVerifyReq, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 6, 0xfe, 0xff, 3, 1, 2, 3}
+	if c := verifyRequestCookie(hvr); !bytes.Equal(c, []byte{1, 2, 3}) {
+		t.Fatalf("HelloVerifyRequest cookie %x", c)
+	}
+}

@@ -396,7 +396,7 @@ func TestHostileDTLSSpoofedHelloFlood(t *testing.T) {
 	if p.halfOpen > 2*maxHS {
 		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound {
+	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
 	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {
@@ -443,7 +443,7 @@ func stalledHandshake(server *net.UDPAddr, ip netip.Addr) (*net.UDPConn, bool, e
 	return c, serverHello, nil
 }
 
-// stallFrom runs n stalled handshakes, 32 at a time, from the addresses
+// stallFrom runs n stalled handshakes, 64 at a time, from the addresses
 // addr(i), and returns how many the server answered and the sockets.
 func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.Addr) (int, []*net.UDPConn) {
 	var (
@@ -454,7 +454,7 @@ func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.
 		wg       sync.WaitGroup
 		firstErr atomic.Pointer[error]
 	)
-	for range 32 {
+	for range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -527,7 +527,8 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 
 	// Many networks: 127.0.2.0/24 to 127.0.9.0/24 fill the rest, no more.
 	many, _ := stallFrom(t, server, 2*maxHS, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, byte(2 + i%8), 1}) })
-	if one+many > maxHS {
+	// Within one timeout of the first, every answer holds its slot still.
+	if one+many > maxHS && time.Since(start) < timeout {
 		t.Fatalf("%d + %d stalled handshakes answered, cap %d", one, many, maxHS)
 	}
 	full, fullAt := f.srv.slots.inUse(), time.Since(start)
@@ -560,7 +561,7 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 	if p.halfOpen > 2*maxHS {
 		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound {
+	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
 	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {

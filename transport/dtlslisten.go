@@ -485,9 +485,7 @@ func (l *dtlsListener) end(p *dtlsPeer) {
 // forget removes every route to p; l.mu is held. It may be called more
 // than once.
 func (l *dtlsListener) forget(p *dtlsPeer) {
-	if l.byAddr[p.addr] == p {
-		delete(l.byAddr, p.addr)
-	}
+	l.leaveAddr(p)
 	if l.renew[p.addr] == p {
 		delete(l.renew, p.addr)
 	}
@@ -499,6 +497,20 @@ func (l *dtlsListener) forget(p *dtlsPeer) {
 	if p.listed {
 		l.fresh.remove(p)
 		l.nfresh--
+	}
+}
+
+// leaveAddr stops routing p's first address to p; a new handshake waiting
+// there takes it over. l.mu is held.
+func (l *dtlsListener) leaveAddr(p *dtlsPeer) {
+	if l.byAddr[p.addr] != p {
+		return
+	}
+	delete(l.byAddr, p.addr)
+	if q := l.renew[p.addr]; q != nil {
+		delete(l.renew, p.addr)
+		q.renewing = false
+		l.byAddr[p.addr] = q
 	}
 }
 
@@ -657,8 +669,8 @@ func (p *dtlsPeer) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	if ua != p.raddr && ua.AddrPort() != p.addr {
 		p.l.mu.Lock()
-		if !p.moved && p.l.byAddr[p.addr] == p {
-			delete(p.l.byAddr, p.addr)
+		if !p.moved {
+			p.l.leaveAddr(p)
 		}
 		p.moved = true
 		p.l.mu.Unlock()

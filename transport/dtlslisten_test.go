@@ -612,6 +612,7 @@ func TestHostileDTLSRefusedHandshakeFreesSlots(t *testing.T) {
 // or a NAT that keeps the mapping).
 type portDevice struct {
 	nc net.Conn
+	dc *piondtls.Conn
 	cc *udpclient.Conn
 }
 
@@ -640,7 +641,7 @@ func dialFromPort(t *testing.T, f *fixture, port int) (*portDevice, error) {
 		nc.Close()
 		return nil, err
 	}
-	pd := &portDevice{nc: nc, cc: dtls.Client(dc)}
+	pd := &portDevice{nc: nc, dc: dc, cc: dtls.Client(dc)}
 	t.Cleanup(func() { pd.cc.Close() })
 	return pd, nil
 }
@@ -711,6 +712,22 @@ func TestHostileDTLSHelloOnSessionAddress(t *testing.T) {
 	if !waitFor(2*time.Second, func() bool { return f.srv.adm.live() == 1 && f.srv.conns.Load() == 1 }) {
 		t.Fatalf("%d session slots and %d go-coap connections, want the new session only", f.srv.adm.live(), f.srv.conns.Load())
 	}
+
+	// Leave properly (close_notify) and come straight back from the same
+	// port, so that the new hello may reach the server before the old
+	// session has closed, or after.
+	for i := range 20 {
+		again.cc.Close()
+		must(t, again.dc.Close()) // close_notify
+		again.nc.Close()
+		if again, err = dialFromPort(t, f, port); err != nil {
+			t.Fatalf("return %d from port %d: %v", i, port, err)
+		}
+		if err := again.post(t); err != nil {
+			t.Fatalf("return %d: %v", i, err)
+		}
+	}
+	again.nc.Close()
 }
 
 // FuzzDTLSRecordPeek: the listener's look at datagrams before pion (the

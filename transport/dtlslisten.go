@@ -192,8 +192,12 @@ type handshakeSlots struct {
 	a *admission
 }
 
+// handshakeShare: one source prefix may hold 1/handshakeShare of the
+// handshake slots, so that it takes that many networks to hold them all.
+const handshakeShare = 8
+
 func newHandshakeSlots(n int) *handshakeSlots {
-	return &handshakeSlots{a: newAdmission(n, max(1, n/2))}
+	return &handshakeSlots{a: newAdmission(n, max(1, n/handshakeShare))}
 }
 
 // take reserves a slot for a handshake from addr, or returns

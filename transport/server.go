@@ -105,7 +105,7 @@ type ServerConfig struct {
 	// outage; the zero value means DefaultHandshakeRate.
 	HandshakeRate RateLimit
 	// RateLimit bounds requests per peer (per device once authenticated,
-	// per address before). A peer over it is answered 4.29 at most once a
+	// per source IP address before). A peer over it is answered 4.29 at most once a
 	// second; its other requests are dropped unanswered, so that a flood
 	// costs the server as little as possible. The zero value means
 	// DefaultRateLimit; a negative PerSecond means no limit.

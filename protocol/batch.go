@@ -334,10 +334,10 @@ func typed(m *policy.Manifest, s *policy.Stream, dest policy.Destination, name s
 func typeValue(v any, t policy.Type) (any, string) {
 	switch t {
 	case policy.Number:
-		if x, ok := number(v); ok {
+		if x, ok := number(v); ok && finite(x) {
 			return x, ""
 		}
-		return nil, "want a number"
+		return nil, "want a finite number"
 	case policy.Integer:
 		if x, ok := integer(v); ok {
 			return x, ""
@@ -359,7 +359,7 @@ func typeValue(v any, t policy.Type) (any, string) {
 		}
 		return nil, "want a timestamp: integer seconds, or [seconds, nanoseconds 1 to 999999999]"
 	case policy.Location:
-		if x, ok := location(v); ok {
+		if x, ok := location(v); ok && finite(x.Lat) && finite(x.Lon) {
 			return x, ""
 		}
 		return nil, "want a location: {1: latitude, 2: longitude}"
@@ -381,6 +381,10 @@ func number(v any) (float64, bool) {
 	}
 	return 0, false
 }
+
+// finite reports whether x is neither NaN nor infinite: what the enforcer
+// lets leave, and what the check accepts.
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // integer accepts a CBOR integer within int64; never a float.
 func integer(v any) (int64, bool) {

@@ -104,6 +104,8 @@ func TestDecodeBatchRefuses(t *testing.T) {
 		{"timestamp as text", mustMarshal(t, envelope(air, "power", map[string]any{"ts": "2026-11-23T09:00:00Z"})), protocol.ErrRefused, policy.ErrValue},
 		{"timestamp with zero nanoseconds", mustMarshal(t, envelope(air, "power", map[string]any{"ts": []int64{1795424400, 0}})), protocol.ErrRefused, policy.ErrValue},
 		{"timestamp with a second of nanoseconds", mustMarshal(t, envelope(air, "power", map[string]any{"ts": []int64{1795424400, 1e9}})), protocol.ErrRefused, policy.ErrValue},
+		{"NaN", mustMarshal(t, envelope(air, "power", map[string]any{"watts": math.NaN()})), protocol.ErrRefused, policy.ErrValue},
+		{"infinite latitude", mustMarshal(t, envelope(mow, "trip", map[string]any{"dock": map[int]float64{1: math.Inf(1), 2: 0}})), protocol.ErrRefused, policy.ErrValue},
 		{"number as text", mustMarshal(t, envelope(air, "power", map[string]any{"watts": "1230"})), protocol.ErrRefused, policy.ErrValue},
 		{"number no double holds", mustMarshal(t, envelope(air, "power", map[string]any{"watts": uint64(1<<53 + 1)})), protocol.ErrRefused, policy.ErrValue},
 		{"integer as float", mustMarshal(t, envelope(mow, "trip", map[string]any{"zone": 3.0})), protocol.ErrRefused, policy.ErrValue},

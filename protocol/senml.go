@@ -566,6 +566,10 @@ func (d *senmlDecoder) record(rec map[int64]any) *BatchError {
 		if !hasV || !hasU {
 			return bad(ErrSenML, name, "a location is two records with v: u \"lat\", then u \"lon\"")
 		}
+		if !finite(v.float64()) {
+			return &BatchError{Kind: ErrRefused, Reading: -1, Record: -1, Field: name, Detail: "want a finite number",
+				Err: &policy.Violation{Stream: d.s.Name, Field: name, Err: policy.ErrValue, Detail: "want a finite number"}}
+		}
 		switch {
 		case u == unitLat && d.lat == nil:
 			d.lat = &halfPoint{name: name, t: when, hasT: hasT, lat: v.float64()}
@@ -579,7 +583,7 @@ func (d *senmlDecoder) record(rec map[int64]any) *BatchError {
 		default:
 			return bad(ErrSenML, name, "a location is two records: u \"lat\", then u \"lon\"")
 		}
-	case typ == policy.Number && hasV:
+	case typ == policy.Number && hasV && finite(v.float64()):
 		value = v.float64()
 	case typ == policy.Integer && hasV:
 		x, ok := v.int64()

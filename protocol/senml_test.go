@@ -2,6 +2,7 @@ package protocol_test
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +130,9 @@ func TestSenMLRefuses(t *testing.T) {
 		{"an undeclared field", air, []rec{{n: "wifi_ssid", vs: "home"}}, protocol.ErrRefused, policy.ErrUndeclaredField},
 		{"a dropped field", mow, []rec{{n: "camera", vs: "<jpeg>"}}, protocol.ErrRefused, policy.ErrDropped},
 		{"text for a number", air, []rec{{n: "watts", vs: "1230"}}, protocol.ErrRefused, policy.ErrValue},
+		{"NaN", air, []rec{{n: "watts", v: math.NaN()}}, protocol.ErrRefused, policy.ErrValue},
+		{"an infinite longitude", mow, []rec{{n: "dock", u: "lat", v: 1.0}, {n: "dock", u: "lon", v: math.Inf(-1)}}, protocol.ErrRefused, policy.ErrValue},
+		{"NaN for an integer", mow, []rec{{n: "zone", v: math.NaN()}}, protocol.ErrRefused, policy.ErrValue},
 		{"a fraction for an integer", mow, []rec{{n: "zone", v: 2.5}}, protocol.ErrRefused, policy.ErrValue},
 		{"a number for a bool", mow, []rec{{n: "rain", v: 1}}, protocol.ErrRefused, policy.ErrValue},
 		{"an unknown manifest", query([32]byte{1}, "power"), []rec{{n: "watts", v: 1230.0}}, protocol.ErrUnknownManifest, policy.ErrUnknownManifest},

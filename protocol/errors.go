@@ -58,6 +58,12 @@ const (
 // fetches /v1/manifest.
 const DiagnosticUnknownManifest = "unknown manifest: GET /v1/manifest"
 
+// DiagnosticKeyReused is the diagnostic payload of the 4.00 the cloud
+// answers to a batch whose idempotency key it has stored already with
+// other content (another [Batch.Digest]): a bug on the device, which
+// drops the batch rather than retry it.
+const DiagnosticKeyReused = "idempotency key reused for other content"
+
 // A BatchError says what is wrong with a telemetry batch, and where. Its
 // text is short and fit for a CoAP diagnostic payload: it quotes at most
 // one field or stream name, cut to 64 bytes, and never a value.

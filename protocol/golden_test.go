@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/x509"
 	"encoding/hex"
 	"flag"
 	"os"
@@ -127,16 +128,33 @@ func vectors(t testing.TB) []vector {
 		},
 	}
 	appRecord := sign(t, f.appGrant(), f.app, "app-1")
-	consents := message("consent-list", protocol.Consents{Version: 2, Records: [][]byte{appRecord, deviceRecord}})
+	appKey, err := x509.MarshalPKIXPublicKey(f.app.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	consents := message("consent-list", protocol.Consents{Version: 2, Records: [][]byte{appRecord, deviceRecord},
+		Keys: []protocol.SignerKey{{KID: []byte("app-1"), Role: consent.SubjectKey, Subject: goldenSubject, Key: appKey}}})
 	consents.same = func(want, got any) bool {
+		// The device verifies the records with its own key and the
+		// app keys the list brings.
+		cs := got.(protocol.Consents)
+		keys := &consent.KeySet{}
+		keys.Add(consent.TrustedKey{KID: []byte(f.deviceID.String()), Key: f.device.Public(), Role: consent.DeviceKey, Subject: goldenSubject})
+		for _, k := range cs.Keys {
+			tk, err := k.TrustedKey()
+			if err != nil || keys.Add(tk) != nil {
+				return false
+			}
+		}
 		h := consent.NewHistory(goldenSubject)
-		for _, r := range got.(protocol.Consents).Records {
-			v, err := f.keys.Verify(r)
+		for _, r := range cs.Records {
+			v, err := keys.Verify(r)
 			if err != nil || h.Add(v) != nil {
 				return false
 			}
 		}
-		return reflect.DeepEqual(want, got)
+		d := h.Decide(consent.Query{Purpose: "analytics", Category: "device.sensor.power", Device: f.deviceID.String(), At: goldenTime})
+		return d.Allowed && reflect.DeepEqual(want, got)
 	}
 	rcpt := message("consent-receipt", *receipt)
 	rcpt.same = func(want, got any) bool {

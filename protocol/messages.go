@@ -1,11 +1,13 @@
 package protocol
 
 import (
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 
+	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/internal/codec"
 )
 
@@ -309,4 +311,35 @@ type Consents struct {
 	// Fetch, in a notification, says that the list was too large for one
 	// and was left out: GET the resource.
 	Fetch bool `cbor:"3,keyasint,omitempty"`
+	// Keys are the public keys of the owner's apps that signed Records,
+	// vouched for by the cloud over the device's authenticated session,
+	// so that the device can verify the records. Absent when Fetch is
+	// set.
+	Keys []SignerKey `cbor:"4,keyasint,omitempty"`
+}
+
+// A SignerKey is a public key that signs consent records.
+type SignerKey struct {
+	// KID is the key ID that the records' protected header names.
+	KID []byte `cbor:"1,keyasint"`
+	// Role is whose key it is: 1 an app of the subject's, 2 a device, 3
+	// the controller (consent.Role).
+	Role consent.Role `cbor:"2,keyasint"`
+	// Subject is the subject whose app or device holds the key; empty
+	// (absent) for the controller's.
+	Subject string `cbor:"3,keyasint,omitempty"`
+	// Key is the public key as a DER SubjectPublicKeyInfo (RFC 5280):
+	// Ed25519 (RFC 8410) or ECDSA P-256 (RFC 5480).
+	Key []byte `cbor:"4,keyasint"`
+}
+
+// TrustedKey returns k as consent.KeySet takes it. A device adds to its
+// key set only the keys of its owner's apps (role 1, its owner's
+// subject): controller keys come with its firmware.
+func (k SignerKey) TrustedKey() (consent.TrustedKey, error) {
+	pub, err := x509.ParsePKIXPublicKey(k.Key)
+	if err != nil {
+		return consent.TrustedKey{}, fmt.Errorf("protocol: signer key %x: %w", k.KID, err)
+	}
+	return consent.TrustedKey{KID: k.KID, Key: pub, Role: k.Role, Subject: k.Subject}, nil
 }

@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/sensible-iot/sensible/consent/policy"
@@ -270,6 +272,13 @@ func DecodeBatch(data []byte, ms ManifestSource) (*Batch, error) {
 		for name, rv := range raw {
 			v, err := typed(m, s, b.Destination(), name, rv)
 			if err != nil {
+				// Report the first fault in name order, whatever the
+				// order of the map.
+				for _, name := range slices.Sorted(maps.Keys(raw)) {
+					if _, err = typed(m, s, b.Destination(), name, raw[name]); err != nil {
+						break
+					}
+				}
 				err.Reading = i
 				return nil, err
 			}

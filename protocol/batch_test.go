@@ -246,7 +246,22 @@ func TestErrorText(t *testing.T) {
 	if !errors.As(err, &be) || be.Reading != 1 || be.Field != long {
 		t.Fatalf("%#v", err)
 	}
-	if s := err.Error(); len(s) > 200 || !strings.Contains(s, "reading 1") {
+	if s := err.Error(); len(s) > 200 || !strings.Contains(s, "reading 1") || !strings.Contains(s, "field not declared") {
 		t.Fatalf("text %q", s)
+	}
+	// Of several faults, the first by name, every time.
+	data := mustMarshal(t, envelope(f.airconHash, "power", map[string]any{"z": 1, "watts": "x", "b": 2, "a": 3}))
+	for range 20 {
+		_, err := protocol.DecodeBatch(data, f.reg)
+		if !errors.As(err, &be) || be.Field != "a" {
+			t.Fatalf("%v", err)
+		}
+	}
+	pack := mustMarshal(t, []rec{{n: 1, bu: "W", 9: 1, u: "W"}})
+	for range 20 {
+		_, err := protocol.DecodeSenML(query(f.airconHash, "power"), pack, f.reg)
+		if !errors.Is(err, protocol.ErrSenML) || !strings.Contains(err.Error(), "base unit") {
+			t.Fatalf("%v", err)
+		}
 	}
 }

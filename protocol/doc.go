@@ -44,6 +44,13 @@
 // [ErrUnknownManifest]; a field that never leaves the device, with
 // [ErrRefused] and the policy violation Check would report.
 //
+// SenML-CBOR (RFC 8428) carries the same readings for devices and gateways
+// that already speak it: the batch's header travels in Uri-Query options
+// ([Batch.Query]), each record is one field of a reading, its time fills
+// the stream's timestamp field, and what SenML cannot say, or says that a
+// manifest cannot check (units, sums, relative times), is refused with
+// [ErrSenML]. [Batch.MarshalSenML] writes it.
+//
 // Errors are *[BatchError] values whose Kind is one of the constant
 // sentinels ([ErrMalformed], [ErrTooLarge], [ErrUnknownManifest],
 // [ErrRefused], [ErrSenML], [ErrInvalid]); each Kind's documentation says

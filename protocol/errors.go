@@ -1,9 +1,12 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/sensible-iot/sensible/consent/policy"
 )
 
 // A Kind classifies what is wrong with a message. The kinds are constants,
@@ -104,9 +107,14 @@ func (e *BatchError) Error() string {
 		b.WriteString(": field ")
 		b.WriteString(quote(e.Field))
 	}
-	if e.Detail != "" {
+	var v *policy.Violation
+	switch {
+	case e.Detail != "":
 		b.WriteString(": ")
 		b.WriteString(e.Detail)
+	case errors.As(e.Err, &v) && v.Err != nil:
+		b.WriteString(": ")
+		b.WriteString(v.Err.Error()) // the kind of violation, not its values
 	}
 	return b.String()
 }

@@ -439,7 +439,16 @@ func (d *senmlDecoder) record(rec map[int64]any) *BatchError {
 		baseOnly         = true
 		valueLabels      int
 	)
-	for label, x := range rec {
+	// Labels in order, so that a record with several faults always
+	// reports the same one.
+	var buf [16]int64
+	order := buf[:0]
+	for label := range rec {
+		order = append(order, label)
+	}
+	slices.Sort(order)
+	for _, label := range order {
+		x := rec[label]
 		labels++
 		switch label {
 		case labelVersion:

@@ -86,3 +86,51 @@ func TestAggregateKeepsFieldPrecision(t *testing.T) {
 		t.Fatalf("unrounded max accepted: %v", err)
 	}
 }
+
+func TestOutputType(t *testing.T) {
+	m := mustParseFile(t, "aircon.json")
+	geo := Stream{Name: "g", Fields: []Field{
+		{Name: "where", Type: Location, Transform: Transform{Op: "coarsen_location", Geohash: 5}},
+		{Name: "near", Type: Location, Transform: Transform{Op: "coarsen_location", Decimals: 2}},
+		{Name: "level", Type: Number, Transform: Transform{Op: "clamp", Min: new(0.0), Max: new(1.0), Then: &Transform{Op: "bucketize", Bounds: []float64{0.5}}}},
+		{Name: "gone", Type: Number, Transform: Transform{Op: "clamp", Min: new(0.0), Max: new(1.0), Then: &Transform{Op: "drop"}}},
+	}}
+	for _, tc := range []struct {
+		stream *Stream
+		name   string
+		want   Type
+		ok     bool
+	}{
+		{mustStream(t, m, "power"), "watts", Number, true},
+		{mustStream(t, m, "power"), "ts", Timestamp, true},
+		{mustStream(t, m, "power"), "serial", String, true},
+		{mustStream(t, m, "power"), "other", "", false},
+		{mustStream(t, m, "camera-frame"), "frame", "", false},
+		{mustStream(t, m, "occupancy"), "people", Number, true}, // the mean of integers
+		{mustStream(t, m, "occupancy"), "ts", Timestamp, true},
+		{mustStream(t, m, "occupancy"), "count", "", false},
+		{&geo, "where", String, true},
+		{&geo, "near", Location, true},
+		{&geo, "level", Integer, true},
+		{&geo, "gone", "", false},
+	} {
+		got, ok := tc.stream.OutputType(tc.name)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%s.%s: %q, %v; want %q, %v", tc.stream.Name, tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+	counted := Stream{Name: "c", Fields: []Field{{Name: "ts", Type: Timestamp, Transform: Transform{Op: "keep"}}},
+		Aggregate: &Aggregate{Func: "count", Window: Duration(time.Minute)}}
+	if typ, ok := counted.OutputType("count"); typ != Integer || !ok {
+		t.Errorf("count: %q, %v", typ, ok)
+	}
+}
+
+func mustStream(t *testing.T, m *Manifest, name string) *Stream {
+	t.Helper()
+	s, ok := m.Stream(name)
+	if !ok {
+		t.Fatalf("no stream %q", name)
+	}
+	return s
+}

@@ -49,6 +49,16 @@ func (r *Manifests) Add(m *Manifest) ([32]byte, error) {
 	return h, nil
 }
 
+// Lookup returns the registered manifest whose hash is h, for decoding a
+// batch against exactly the manifest it names. The manifest is shared
+// with the register: read it, never modify it.
+func (r *Manifests) Lookup(h [32]byte) (*Manifest, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, ok := r.byHash[h]
+	return m, ok
+}
+
 // Check checks every reading of b against the manifest it names. The
 // error is ErrUnknownManifest or the first *Violation, with the reading's
 // index.

@@ -144,6 +144,12 @@ func TestBatchAgainstItsManifest(t *testing.T) {
 	if err := reg.Check(&Batch{Manifest: [32]byte{1}, Stream: "power"}); !errors.Is(err, ErrUnknownManifest) {
 		t.Fatalf("unknown manifest: %v", err)
 	}
+	if got, ok := reg.Lookup(h2); !ok || got.Streams[2].Fields[1].Transform.Step != 100 {
+		t.Fatalf("Lookup(v2) = %v, %v", got, ok)
+	}
+	if got, ok := reg.Lookup([32]byte{1}); got != nil || ok {
+		t.Fatalf("Lookup of an unknown hash = %v, %v", got, ok)
+	}
 }
 
 func TestApplyValuesMatchesApply(t *testing.T) {

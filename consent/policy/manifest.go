@@ -360,6 +360,49 @@ func (m *Manifest) Hash() ([32]byte, error) {
 	return sha256.Sum256(b), nil
 }
 
+// OutputType returns the type of field name's values as they leave the
+// device on stream s: what Enforcer.Apply and Aggregator.Flush produce
+// for it and what Check accepts. That is the declared type, except that a
+// bucket index is an Integer and a pseudonym or a geohash a String; on an
+// aggregated stream, a count is an Integer, the other aggregates are
+// Numbers and window starts are Timestamps. ok is false for a name that
+// never leaves: undeclared, dropped, or, on an aggregated stream, not an
+// output of the aggregate. A decoder uses it to type the values of a
+// batch by the manifest the batch names.
+func (s *Stream) OutputType(name string) (t Type, ok bool) {
+	if a := s.Aggregate; a != nil {
+		switch {
+		case a.Func == "count" && name == "count":
+			return Integer, true
+		case a.Func != "count" && name == a.Field:
+			return Number, true
+		case name != "" && isTimestampField(s, name):
+			return Timestamp, true
+		}
+		return "", false
+	}
+	f := fieldOfStream(s, name)
+	if f == nil {
+		return "", false
+	}
+	t = f.Type
+	for tr := &f.Transform; tr != nil; tr = tr.Then {
+		switch tr.Op {
+		case "drop":
+			return "", false
+		case "bucketize":
+			t = Integer
+		case "pseudonymize":
+			t = String
+		case "coarsen_location":
+			if tr.Geohash > 0 {
+				t = String
+			}
+		}
+	}
+	return t, true
+}
+
 // Stream returns the declared stream called name.
 func (m *Manifest) Stream(name string) (*Stream, bool) {
 	i := slices.IndexFunc(m.Streams, func(s Stream) bool { return s.Name == name })

@@ -102,6 +102,9 @@ func TestPropertyRandomManifests(t *testing.T) {
 				if f == nil || f.Transform.Op == "drop" {
 					t.Fatalf("field %q left the device", k)
 				}
+				if typ, ok := s.OutputType(k); !ok || !isGoType(v, typ) {
+					t.Fatalf("field %q left as %T, but its output type is %q (%v)", k, v, typ, ok)
+				}
 				if f.Transform.Op == "round" {
 					if x := v.(float64) / f.Transform.Step; math.Abs(x-math.Round(x)) > 1e-6 {
 						t.Fatalf("%s = %v is finer than step %v", k, v, f.Transform.Step)
@@ -136,4 +139,23 @@ func fieldOf(s *Stream, name string) *Field {
 		}
 	}
 	return nil
+}
+
+// isGoType reports whether v is the Go type an output of type t has.
+func isGoType(v any, t Type) bool {
+	switch v.(type) {
+	case float64:
+		return t == Number
+	case int64:
+		return t == Integer
+	case string:
+		return t == String
+	case bool:
+		return t == Bool
+	case time.Time:
+		return t == Timestamp
+	case Point:
+		return t == Location
+	}
+	return false
 }

@@ -64,6 +64,22 @@ func (l *limiter) allow(key string, now time.Time) bool {
 	return true
 }
 
+// sweep drops the buckets of peers idle long enough to have refilled:
+// they would be made anew, full, on their next request.
+func (l *limiter) sweep(now time.Time) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	full := time.Duration(float64(l.cfg.Burst) / l.cfg.PerSecond * float64(time.Second))
+	for k, b := range l.buckets {
+		if now.Sub(b.last) >= full {
+			delete(l.buckets, k)
+		}
+	}
+}
+
 // evict drops full buckets (peers idle long enough to have refilled), and
 // if none is, an arbitrary half.
 func (l *limiter) evict(now time.Time) {

@@ -691,6 +691,10 @@ func (s *Server) sweep() {
 			for _, ss := range s.unauth.expired(now) {
 				ss.conn.Close()
 			}
+			if now.Unix()%10 == 0 {
+				s.limiter.sweep(now)
+				s.notices.sweep(now)
+			}
 			s.revokedMu.Lock()
 			for id, at := range s.revoked {
 				if now.Sub(at) >= s.revokeWindow() {

@@ -144,9 +144,15 @@ func (c *Client) Observe(ctx context.Context, path string, fn func(Notification)
 		}
 		return nil, err
 	}
-	c.observations[o] = struct{}{}
+	o.mu.Lock()
+	ended := o.ended // by a notification that came right after the answer
+	o.mu.Unlock()
+	if !ended {
+		c.observations[o] = struct{}{}
+	}
 	c.wg.Add(1)
 	go o.run()
+	c.wake()
 	return o, nil
 }
 
@@ -389,7 +395,7 @@ func (c *Client) keep(ctx context.Context) {
 	}
 	fails := 0
 	for {
-		conn, need, any := c.state()
+		conn, need, _ := c.state()
 		if need {
 			wait, err := c.restore(ctx)
 			if ctx.Err() != nil {
@@ -420,9 +426,11 @@ func (c *Client) keep(ctx context.Context) {
 			return
 		case <-c.kick:
 		case <-done:
+			c.log.Debug("transport: connection closed", "server", c.url.Redacted())
 			c.drop(conn, errConnClosed)
 		case <-tick:
-			if any && conn != nil {
+			// The state may have changed while the keeper waited.
+			if conn, need, any := c.state(); any && !need && conn != nil {
 				c.check(ctx, conn)
 			}
 		}

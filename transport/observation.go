@@ -222,6 +222,13 @@ func (c *Client) notification(_ mux.ResponseWriter, r *mux.Message) {
 	if o == nil {
 		return
 	}
+	if !r.HasOption(message.Observe) && r.Type() == message.Acknowledgement && c.datagrams() {
+		// Over UDP and DTLS an ACK that carries a response answers a
+		// request; one that reaches this handler answers a request that
+		// go-coap sent itself (the next block of a notification, say),
+		// not the server ending the observation.
+		return
+	}
 	b, err := readAll(r.Message)
 	if err != nil {
 		return
@@ -247,6 +254,10 @@ func (c *Client) notification(_ mux.ResponseWriter, r *mux.Message) {
 	res.seq, res.observed = seq, true
 	o.accept(res, false, false)
 }
+
+// datagrams reports whether the client speaks CoAP over UDP or DTLS,
+// whose messages have types.
+func (c *Client) datagrams() bool { return c.url.Scheme == "coap" || c.url.Scheme == "coaps" }
 
 // end ends an observation that the server refused or ended, telling its
 // handler err.
@@ -472,13 +483,12 @@ func (c *Client) restore(ctx context.Context) (time.Duration, error) {
 func (c *Client) check(ctx context.Context, conn mux.Conn) {
 	ctx, cancel := context.WithTimeout(ctx, min(c.cfg.KeepAlive, maxCheckWait))
 	defer cancel()
-	switch c.url.Scheme {
-	case "coap+tcp", "coaps+tcp":
-		if err := conn.Ping(ctx); err != nil && ctx.Err() != context.Canceled {
-			c.drop(conn, &connError{op: "ping", err: errNoResponse})
-		}
-	default:
+	if c.datagrams() {
 		c.reobserve(ctx, conn, true)
+		return
+	}
+	if err := conn.Ping(ctx); err != nil && ctx.Err() != context.Canceled {
+		c.drop(conn, &connError{op: "ping", err: errNoResponse})
 	}
 }
 

@@ -99,6 +99,12 @@ func uintOption(id message.OptionID, v uint32) message.Option {
 // blocks follow, or, for the last block, nothing to answer early but the
 // whole body set on m and the Block1 option to echo.
 func (s *Server) block1(ss *session, m *pool.Message, rt *route, dev bool, tcp bool, now time.Time) *pre {
+	ss.mu.Lock()
+	closed := ss.closed
+	ss.mu.Unlock()
+	if closed {
+		return &pre{reply: Errorf(ServiceUnavailable, "connection closed")}
+	}
 	v, err := m.GetOptionUint32(message.Block1)
 	if err != nil || v > 0xfffff {
 		return &pre{reply: Errorf(BadOption, "malformed Block1")}
@@ -197,20 +203,49 @@ func (s *Server) block1(ss *session, m *pool.Message, rt *route, dev bool, tcp b
 		ss.mu.Unlock()
 		return &pre{code: continueCode, opts: []message.Option{uintOption(message.Block1, v)}}
 	}
-	// The last block: hand the whole body on as one request.
+	// The last block: hand the whole body on as one request. Its bytes
+	// stay charged until the request is answered, or, should go-coap
+	// answer it from its cache or drop it instead (a reused message ID),
+	// until the sweeper finds the hand-off older than a request can live.
 	delete(ss.transfers, key)
+	h := &handoff{n: t.held, until: now.Add(s.cfg.RequestTimeout + handoffSlack)}
+	ss.handoffs = append(ss.handoffs, h)
 	ss.mu.Unlock()
-	held := t.held
 	m.Remove(message.Block1)
 	m.Remove(message.Size1)
 	m.SetBody(bytes.NewReader(t.buf))
-	released := false
 	return &pre{opts: []message.Option{uintOption(message.Block1, v)}, release: func() {
-		if !released {
-			released = true
-			s.inflight.Release(held)
-		}
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		s.releaseHandoff(ss, h)
 	}}
+}
+
+// handoffSlack is how long past RequestTimeout a reassembled body that
+// never reached its handler stays charged to the in-flight budget.
+const handoffSlack = 5 * time.Second
+
+// A handoff is a reassembled body handed on to go-coap, charged to the
+// in-flight budget until its request is answered.
+type handoff struct {
+	n     int64
+	until time.Time
+	done  bool
+}
+
+// releaseHandoff gives back the bytes of h once; ss.mu is held.
+func (s *Server) releaseHandoff(ss *session, h *handoff) {
+	if h.done {
+		return
+	}
+	h.done = true
+	s.inflight.Release(h.n)
+	for i, x := range ss.handoffs {
+		if x == h {
+			ss.handoffs = append(ss.handoffs[:i], ss.handoffs[i+1:]...)
+			break
+		}
+	}
 }
 
 // transferKey names an upload on its connection: method, path and
@@ -249,14 +284,20 @@ func (s *Server) dropTransfer(ss *session, key string) {
 	}
 }
 
-// expireTransfers forgets the uploads of ss idle past transferIdle, or
-// all of them when the connection is gone.
+// expireTransfers forgets the uploads of ss idle past transferIdle and
+// the hand-offs past their time, or all of them when the connection is
+// gone.
 func (s *Server) expireTransfers(ss *session, now time.Time, all bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for k, t := range ss.transfers {
 		if all || now.Sub(t.updated) > transferIdle {
 			s.releaseTransfer(ss, k, t)
+		}
+	}
+	for _, h := range append([]*handoff(nil), ss.handoffs...) {
+		if all || now.After(h.until) {
+			s.releaseHandoff(ss, h)
 		}
 	}
 }

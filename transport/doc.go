@@ -114,7 +114,11 @@
 //     once a second; the rest are dropped unanswered, because go-coap keeps
 //     each answer 247 s and scans a plain-UDP peer's answers on every
 //     datagram it sends. A plain-UDP peer that keeps flooding has its
-//     session closed, and its cache with it.
+//     session closed, and its cache with it. Before it authenticates, a
+//     peer is limited by its IP address, whatever its port. A plain-UDP
+//     peer within its limit still makes go-coap keep up to RateLimit ×
+//     247 s answers: for busy devices prefer coaps://, whose server does
+//     not scan them per datagram.
 //   - Block-wise uploads (Block1) are reassembled by us, only after the
 //     route, method, authentication, content-format and Size1 pass, in
 //     order, at most two per connection, each bounded by the resource's

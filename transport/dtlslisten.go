@@ -65,6 +65,20 @@ import (
 //     (bounded by maxFresh plus the handshake slots), within the handshake
 //     timeout from the first ClientHello; only an established session is
 //     returned by AcceptWithContext.
+//   - A first ClientHello from the address of a live session (a device
+//     that restarted and kept its port) gets a connection of its own that
+//     leaves the session alone until the cookie comes back, then ends it
+//     and takes the address over (RFC 6347 section 4.2.8).
+//
+// # Caveats
+//
+// Under a spoofed flood of R first ClientHellos a second, a device's
+// connection survives about maxFresh/R seconds before it is dropped as the
+// oldest: enough for a round trip on a LAN or the Internet at the default
+// 256 and tens of thousands of hellos a second, not for a slow cellular
+// link. A device whose cookie came back too late starts again when its
+// handshake times out. Only a stateless cookie, which pion does not offer,
+// would remove that window.
 type dtlsListener struct {
 	cfg  dtlsListenConfig
 	sock *net.UDPConn
@@ -81,7 +95,11 @@ type dtlsListener struct {
 	mu     sync.Mutex
 	closed bool
 	byAddr map[netip.AddrPort]*dtlsPeer
-	byCID  map[dtlsCID]*dtlsPeer
+	// renew holds a new handshake from an address that has a session (a
+	// device that restarted and kept its port), until its cookie comes
+	// back and it takes the address over (RFC 6347 section 4.2.8).
+	renew map[netip.AddrPort]*dtlsPeer
+	byCID map[dtlsCID]*dtlsPeer
 	// fresh lists the connections waiting for their cookie, oldest first.
 	fresh  peerList
 	nfresh int
@@ -174,8 +192,12 @@ type handshakeSlots struct {
 	a *admission
 }
 
+// handshakeShare: one source prefix may hold 1/handshakeShare of the
+// handshake slots, so that it takes that many networks to hold them all.
+const handshakeShare = 8
+
 func newHandshakeSlots(n int) *handshakeSlots {
-	return &handshakeSlots{a: newAdmission(n, max(1, n/2))}
+	return &handshakeSlots{a: newAdmission(n, max(1, n/handshakeShare))}
 }
 
 // take reserves a slot for a handshake from addr, or returns
@@ -209,6 +231,7 @@ func listenDTLS(host string, cfg dtlsListenConfig) (*dtlsListener, error) {
 		workers:  make(chan struct{}, cfg.maxFresh+cfg.slots.a.max),
 		done:     make(chan struct{}),
 		byAddr:   make(map[netip.AddrPort]*dtlsPeer),
+		renew:    make(map[netip.AddrPort]*dtlsPeer),
 		byCID:    make(map[dtlsCID]*dtlsPeer),
 	}
 	l.wg.Add(1)
@@ -246,6 +269,9 @@ func (l *dtlsListener) Close() error {
 				peers = append(peers, p)
 			}
 		}
+		for _, p := range l.renew {
+			peers = append(peers, p)
+		}
 		l.mu.Unlock()
 		close(l.done)
 		for _, p := range peers {
@@ -268,8 +294,11 @@ func (l *dtlsListener) Close() error {
 func (l *dtlsListener) shutdown() {
 	l.Close()
 	l.mu.Lock()
-	peers := make([]*dtlsPeer, 0, len(l.byAddr)+len(l.byCID))
+	peers := make([]*dtlsPeer, 0, len(l.byAddr)+len(l.byCID)+len(l.renew))
 	for _, p := range l.byAddr {
+		peers = append(peers, p)
+	}
+	for _, p := range l.renew {
 		peers = append(peers, p)
 	}
 	for _, p := range l.byCID {
@@ -316,7 +345,19 @@ func (l *dtlsListener) route(b []byte, from netip.AddrPort) {
 		p = l.byCID[dtlsCID(b[11:11+dtlsCIDLen])]
 	}
 	if p == nil {
-		p = l.byAddr[from]
+		if p = l.byAddr[from]; p != nil && p.stage.Load() != stageFresh {
+			// A ClientHello on an address with a session: the start of
+			// a new one, which does not disturb the old until its
+			// cookie comes back. An echoed cookie without a new
+			// handshake is the old one's retransmission.
+			if cookie, hello, ok := helloCookie(b); hello && ok {
+				if q := l.renew[from]; q != nil {
+					p = q
+				} else if len(cookie) == 0 {
+					p = nil
+				}
+			}
+		}
 	}
 	switch {
 	case p == nil:
@@ -335,11 +376,15 @@ func (l *dtlsListener) route(b []byte, from netip.AddrPort) {
 // returns nil. l.mu is held.
 func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 	cookie, hello, ok := helloCookie(b)
-	if !hello || !ok || len(cookie) != 0 || l.cfg.adm.full() {
+	if !hello || !ok || len(cookie) != 0 {
 		// Not the start of a handshake, or an echoed cookie whose
 		// connection is gone (dropped as the oldest, or timed out): the
 		// client starts again when its own handshake times out.
 		return nil
+	}
+	renewing := l.byAddr[from] != nil
+	if !renewing && l.cfg.adm.full() {
+		return nil // a renewal reuses its old session's slot
 	}
 	if l.nfresh >= l.cfg.maxFresh && l.fresh.head != nil {
 		l.evict(l.fresh.head)
@@ -355,7 +400,12 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 		raddr: net.UDPAddrFromAddrPort(from),
 		sig:   make(chan struct{}, 1),
 	}
-	l.byAddr[from] = p
+	if renewing {
+		p.renewing = true
+		l.renew[from] = p
+	} else {
+		l.byAddr[from] = p
+	}
 	l.fresh.push(p)
 	l.nfresh++
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
@@ -380,6 +430,15 @@ func (l *dtlsListener) pass(p *dtlsPeer, b []byte) bool {
 	}
 	if len(p.cookie) == 0 || subtle.ConstantTimeCompare(cookie, p.cookie) != 1 {
 		return false
+	}
+	if p.renewing {
+		// The address answered: its old session is over.
+		if old := l.byAddr[p.addr]; old != nil {
+			l.end(old)
+		}
+		delete(l.renew, p.addr)
+		p.renewing = false
+		l.byAddr[p.addr] = p
 	}
 	release, err := l.cfg.slots.take(p.raddr)
 	if err != nil {
@@ -412,11 +471,27 @@ func (l *dtlsListener) evict(p *dtlsPeer) {
 	p.shut()
 }
 
+// end ends a session or handshake and gives back its slots at once; l.mu
+// is held. pion and go-coap see its connection fail and close it.
+func (l *dtlsListener) end(p *dtlsPeer) {
+	l.forget(p)
+	release, leave := p.release, p.leave
+	p.release, p.leave = nil, nil
+	if release != nil {
+		release()
+	}
+	if leave != nil {
+		leave()
+	}
+	p.shut()
+}
+
 // forget removes every route to p; l.mu is held. It may be called more
 // than once.
 func (l *dtlsListener) forget(p *dtlsPeer) {
-	if l.byAddr[p.addr] == p {
-		delete(l.byAddr, p.addr)
+	l.leaveAddr(p)
+	if l.renew[p.addr] == p {
+		delete(l.renew, p.addr)
 	}
 	for _, c := range p.cids {
 		if l.byCID[c] == p {
@@ -426,6 +501,20 @@ func (l *dtlsListener) forget(p *dtlsPeer) {
 	if p.listed {
 		l.fresh.remove(p)
 		l.nfresh--
+	}
+}
+
+// leaveAddr stops routing p's first address to p; a new handshake waiting
+// there takes it over. l.mu is held.
+func (l *dtlsListener) leaveAddr(p *dtlsPeer) {
+	if l.byAddr[p.addr] != p {
+		return
+	}
+	delete(l.byAddr, p.addr)
+	if q := l.renew[p.addr]; q != nil {
+		delete(l.renew, p.addr)
+		q.renewing = false
+		l.byAddr[p.addr] = q
 	}
 }
 
@@ -442,11 +531,12 @@ func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc,
 		return
 	}
 	if err := dc.HandshakeContext(ctx); err != nil {
-		verified := p.stage.Load() != stageFresh
+		verified, ended := p.stage.Load() != stageFresh, p.closed.Load()
 		dc.Close()
 		p.Close()
 		switch {
 		case !verified: // no cookie back: a spoofed source, or a lost datagram
+		case ended: // by the listener: closing, or a newer handshake from the address
 		case errors.Is(err, context.DeadlineExceeded):
 			l.cfg.log.Debug("transport: DTLS handshake timed out", "peer", p.raddr)
 		default:
@@ -477,6 +567,7 @@ type dtlsPeer struct {
 	cookie     []byte // pion's HelloVerifyRequest cookie, until echoed
 	cids       []dtlsCID
 	moved      bool // the address route was given up for a connection ID
+	renewing   bool // on l.renew
 	listed     bool // on l.fresh
 	prev, next *dtlsPeer
 	release    func() // handshake slot
@@ -582,8 +673,8 @@ func (p *dtlsPeer) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	if ua != p.raddr && ua.AddrPort() != p.addr {
 		p.l.mu.Lock()
-		if !p.moved && p.l.byAddr[p.addr] == p {
-			delete(p.l.byAddr, p.addr)
+		if !p.moved {
+			p.l.leaveAddr(p)
 		}
 		p.moved = true
 		p.l.mu.Unlock()

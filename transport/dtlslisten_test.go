@@ -30,8 +30,13 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	dtlsnet "github.com/pion/dtls/v3/pkg/net"
+	"github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/internal/codec"
 )
 
 // pskHandshake runs a DTLS-PSK client handshake with identity hint and key.
@@ -396,7 +401,7 @@ func TestHostileDTLSSpoofedHelloFlood(t *testing.T) {
 	if p.halfOpen > 2*maxHS {
 		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound {
+	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
 	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {
@@ -423,7 +428,7 @@ func stalledHandshake(server *net.UDPAddr, ip netip.Addr) (*net.UDPConn, bool, e
 		c.Close()
 		return nil, false, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	n, err := c.Read(buf)
 	if err != nil {
 		return c, false, nil // dropped: no worker free, or the server is full
@@ -437,13 +442,13 @@ func stalledHandshake(server *net.UDPAddr, ip netip.Addr) (*net.UDPConn, bool, e
 		c.Close()
 		return nil, false, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	n, err = c.Read(buf)
 	serverHello := err == nil && n > recordHeaderLen && buf[0] == contentHandshake && buf[recordHeaderLen] == 2
 	return c, serverHello, nil
 }
 
-// stallFrom runs n stalled handshakes, 32 at a time, from the addresses
+// stallFrom runs n stalled handshakes, 64 at a time, from the addresses
 // addr(i), and returns how many the server answered and the sockets.
 func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.Addr) (int, []*net.UDPConn) {
 	var (
@@ -454,7 +459,7 @@ func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.
 		wg       sync.WaitGroup
 		firstErr atomic.Pointer[error]
 	)
-	for range 32 {
+	for range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -492,20 +497,20 @@ func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.
 // TestHostileDTLSCookieAnsweringFlood: an attacker on real addresses
 // completes the cookie exchange and then stalls, never sending its key
 // exchange. The documented answer: each such handshake takes a handshake
-// slot, and one source prefix (an IPv4 /24) at most half of them, so that
+// slot, and one source prefix (an IPv4 /24) at most an eighth of them, so that
 // from one network the attacker leaves the rest to others; from many
 // networks it fills MaxHandshakes and no more, and every stalled handshake
 // is dropped HandshakeTimeout after its first ClientHello, with its slots.
 // A device on another network is served while one network attacks, and
 // within two HandshakeTimeouts while many do; and after.
 //
-// Bounds: answered handshakes ≤ MaxHandshakes/2 from one /24 and ≤
+// Bounds: answered handshakes ≤ MaxHandshakes/8 from one /24 and ≤
 // MaxHandshakes in all; handshake goroutines ≤ 2·MaxHandshakes; all
 // goroutines ≤ baseline + 4 per handshake goroutine + 128 (the test's
 // own); heap growth ≤ 64 KiB per handshake goroutine + 16 MiB; no slot,
 // session slot or handshake goroutine left HandshakeTimeout after.
 func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
-	maxHS, timeout := 16, 2*time.Second
+	maxHS, timeout := 16, 3*time.Second
 	if hostileFull() {
 		maxHS, timeout = DefaultMaxHandshakes, DefaultHandshakeTimeout
 	}
@@ -515,11 +520,11 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 	baseG, baseHeap := runtime.NumGoroutine(), heapNow()
 	peak := samplePeaks(t, f.srv)
 
-	// One network: 127.0.1.0/24 holds at most half the slots.
+	// One network: 127.0.1.0/24 holds at most its share of the slots.
 	start := time.Now()
 	one, _ := stallFrom(t, server, 2*maxHS, func(int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 1, 1}) })
-	if one > maxHS/2 || one == 0 {
-		t.Fatalf("%d stalled handshakes answered from one /24, want 1..%d", one, maxHS/2)
+	if one > maxHS/handshakeShare || one == 0 {
+		t.Fatalf("%d stalled handshakes answered from one /24, want 1..%d", one, maxHS/handshakeShare)
 	}
 	if err := dtlsLegitPost(t, f, 2*time.Second); err != nil {
 		t.Fatalf("device while one network stalls %d handshakes: %v", one, err)
@@ -527,7 +532,8 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 
 	// Many networks: 127.0.2.0/24 to 127.0.9.0/24 fill the rest, no more.
 	many, _ := stallFrom(t, server, 2*maxHS, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, byte(2 + i%8), 1}) })
-	if one+many > maxHS {
+	// Within one timeout of the first, every answer holds its slot still.
+	if one+many > maxHS && time.Since(start) < timeout {
 		t.Fatalf("%d + %d stalled handshakes answered, cap %d", one, many, maxHS)
 	}
 	full, fullAt := f.srv.slots.inUse(), time.Since(start)
@@ -560,7 +566,7 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 	if p.halfOpen > 2*maxHS {
 		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound {
+	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
 	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {
@@ -603,5 +609,169 @@ func TestHostileDTLSRefusedHandshakeFreesSlots(t *testing.T) {
 				t.Fatalf("device after the refusals: %v", err)
 			}
 		})
+	}
+}
+
+// portDevice is the fixture's device on a socket bound to a port of its
+// choosing, as a device whose port survives a restart (a fixed local port,
+// or a NAT that keeps the mapping).
+type portDevice struct {
+	nc net.Conn
+	dc *piondtls.Conn
+	cc *udpclient.Conn
+}
+
+func dialFromPort(t *testing.T, f *fixture, port int) (*portDevice, error) {
+	t.Helper()
+	key, err := DerivePSK(fleetSecret, f.dev)
+	must(t, err)
+	d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}}
+	nc, err := d.DialContext(ctx5(t), "udp", strings.TrimPrefix(f.url, "coaps://"))
+	if err != nil {
+		return nil, err
+	}
+	dc, err := piondtls.ClientWithOptions(dtlsnet.PacketConnFromConn(nc), nc.RemoteAddr(),
+		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
+		piondtls.WithPSK(func([]byte) ([]byte, error) { return key, nil }),
+		piondtls.WithPSKIdentityHint([]byte(f.dev.String())),
+		piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()),
+		piondtls.WithLoggerFactory(silentLogs{}))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := dc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	pd := &portDevice{nc: nc, dc: dc, cc: dtls.Client(dc)}
+	t.Cleanup(func() { pd.cc.Close() })
+	return pd, nil
+}
+
+func (d *portDevice) port() int { return d.nc.LocalAddr().(*net.UDPAddr).Port }
+
+// post sends one reading on the session and checks the answer.
+func (d *portDevice) post(t *testing.T) error {
+	t.Helper()
+	body, err := codec.Marshal([]reading{{"p", 1}})
+	must(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := d.cc.Post(ctx, "/v1/telemetry", message.AppCBOR, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if resp.Code() != codes.Changed {
+		return fmt.Errorf("answer %v", resp.Code())
+	}
+	return nil
+}
+
+// TestHostileDTLSHelloOnSessionAddress: a first ClientHello from the
+// address of a live session is the start of a new handshake, as RFC 6347
+// section 4.2.8 asks. Spoofed (no cookie comes back), it does not disturb
+// the session and is gone after HandshakeTimeout. From a device that
+// restarted and kept its port, it replaces the old session as soon as the
+// cookie comes back, and the old session's slot is given back; before,
+// such a device was shut out until the old session's idle timeout.
+func TestHostileDTLSHelloOnSessionAddress(t *testing.T) {
+	timeout := time.Second
+	f := newFixture(t, "coaps", ServerConfig{HandshakeTimeout: timeout})
+	dev, err := dialFromPort(t, f, 0)
+	must(t, err)
+	defer dev.nc.Close()
+	must(t, dev.post(t))
+
+	// Spoofed: the hello comes from the session's address (sent here
+	// through the device's own socket) but nobody answers the cookie.
+	_, err = dev.nc.Write(rawClientHello(newRandom(), nil, 0, 0))
+	must(t, err)
+	if err := dev.post(t); err != nil {
+		t.Fatalf("session after a spoofed hello from its address: %v", err)
+	}
+	if !waitUntil(timeout+2*time.Second, func() bool { return halfOpen(t) == 0 }) {
+		t.Fatalf("%d handshake goroutines after HandshakeTimeout", halfOpen(t))
+	}
+	if err := dev.post(t); err != nil {
+		t.Fatalf("session after the spoofed handshake timed out: %v", err)
+	}
+	if n := f.srv.adm.live(); n != 1 {
+		t.Fatalf("%d session slots, want 1", n)
+	}
+
+	// Restart: the device loses its session without a word and comes
+	// back from the same port.
+	port := dev.port()
+	dev.nc.Close()
+	start := time.Now()
+	again, err := dialFromPort(t, f, port)
+	if err != nil {
+		t.Fatalf("device restarted on port %d: %v", port, err)
+	}
+	defer again.nc.Close()
+	must(t, again.post(t))
+	t.Logf("restarted device served after %v", time.Since(start))
+	if !waitUntil(2*time.Second, func() bool { return f.srv.adm.live() == 1 }) {
+		t.Fatalf("%d session slots, want the new session only", f.srv.adm.live())
+	}
+
+	// Leave properly (close_notify) and come straight back from the same
+	// port, so that the new hello may reach the server before the old
+	// session has closed, or after.
+	for i := range 20 {
+		again.cc.Close()
+		must(t, again.dc.Close()) // close_notify
+		again.nc.Close()
+		if again, err = dialFromPort(t, f, port); err != nil {
+			t.Fatalf("return %d from port %d: %v", i, port, err)
+		}
+		if err := again.post(t); err != nil {
+			t.Fatalf("return %d: %v", i, err)
+		}
+	}
+	again.nc.Close()
+}
+
+// FuzzDTLSRecordPeek: the listener's look at datagrams before pion (the
+// ClientHello cookie, the HelloVerifyRequest cookie) never panics and
+// never reads past the datagram.
+func FuzzDTLSRecordPeek(f *testing.F) {
+	r := newRandom()
+	f.Add(rawClientHello(r, nil, 0, 0))
+	f.Add(rawClientHello(r, bytes.Repeat([]byte{1}, 20), 1, 1))
+	f.Add([]byte{contentHandshake, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18,
+		typeHelloVerifyReq, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 6, 0xfe, 0xff, 3, 1, 2, 3})
+	f.Add([]byte{contentCID, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if cookie, hello, ok := helloCookie(b); ok && (!hello || len(cookie) > len(b)) {
+			t.Fatalf("helloCookie = %x, %v, %v", cookie, hello, ok)
+		}
+		if c := verifyRequestCookie(b); len(c) > len(b) {
+			t.Fatalf("verifyRequestCookie = %x", c)
+		}
+	})
+}
+
+func TestDTLSRecordPeek(t *testing.T) {
+	r := newRandom()
+	if c, hello, ok := helloCookie(rawClientHello(r, nil, 0, 0)); !hello || !ok || len(c) != 0 {
+		t.Fatalf("first ClientHello: %x %v %v", c, hello, ok)
+	}
+	want := []byte("0123456789abcdefghij")
+	if c, hello, ok := helloCookie(rawClientHello(r, want, 1, 1)); !hello || !ok || !bytes.Equal(c, want) {
+		t.Fatalf("second ClientHello: %x %v %v", c, hello, ok)
+	}
+	short := rawClientHello(r, want, 1, 1)[:recordHeaderLen+handshakeHeaderLen+40]
+	binary.BigEndian.PutUint16(short[11:13], uint16(len(short)-recordHeaderLen))
+	if _, hello, ok := helloCookie(short); !hello || ok {
+		t.Fatalf("a first fragment that hides the cookie: hello %v ok %v", hello, ok)
+	}
+	hvr := []byte{contentHandshake, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18,
+		typeHelloVerifyReq, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 6, 0xfe, 0xff, 3, 1, 2, 3}
+	if c := verifyRequestCookie(hvr); !bytes.Equal(c, []byte{1, 2, 3}) {
+		t.Fatalf("HelloVerifyRequest cookie %x", c)
 	}
 }

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -69,7 +70,9 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 	dev := ss.get()
 	key := dev.String()
 	if dev.IsZero() {
-		key = cc.RemoteAddr().String()
+		// Before it authenticates a peer is its IP address, whatever its
+		// port: a new port is not a new allowance.
+		key = ipOf(cc.RemoteAddr())
 	}
 	if !s.limiter.allow(key, now) {
 		// Over TCP nothing is cached and a dropped request would only
@@ -129,6 +132,20 @@ func stripBlocks(m *pool.Message) {
 	m.Remove(message.Block1)
 	m.Remove(message.Size1)
 	m.SetBody(nil)
+}
+
+// ipOf returns the IP address of a, without its port.
+func ipOf(a net.Addr) string {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		return v.AddrPort().Addr().Unmap().String()
+	case *net.TCPAddr:
+		return v.AddrPort().Addr().Unmap().String()
+	}
+	if host, _, err := net.SplitHostPort(a.String()); err == nil {
+		return host
+	}
+	return a.String()
 }
 
 func hasPayload(m *pool.Message) bool {

@@ -247,3 +247,140 @@ func TestHostileKnownAttacks(t *testing.T) {
 		legit(t, f)
 	})
 }
+
+// A TCP message header claiming a megabyte costs its sender 6 bytes; it
+// must not cost the server a megabyte of its in-flight budget. Many
+// connections that each send a CSM and such a header, and nothing more,
+// leave room for a device's 2 KiB request and for a Block1 upload.
+func TestHostileTCPHeaderOnly(t *testing.T) {
+	f := newFixture(t, "coap+tcp", ServerConfig{MaxInFlightBytes: 4 << 20})
+	must(t, f.srv.Handle(Resource{Path: "/v1/upload", Methods: []Method{POST}, Public: true, MaxBody: 8 << 10,
+		Handler: func(ctx context.Context, r *Request) (any, error) { return len(r.Body), nil }}))
+	udp, err := f.srv.Listen("coap://127.0.0.1:0")
+	must(t, err)
+	const claim = 1<<20 - 100
+	ext := uint32(claim - 65805)
+	header := []byte{0x00, 0xe1, 0xf0, byte(ext >> 24), byte(ext >> 16), byte(ext >> 8), byte(ext), 0x02}
+	n := scale(66, 1000)
+	for i := range n {
+		c, err := dialerFrom(fmt.Sprintf("127.0.%d.%d", 20+i/250, 1+i%250)).Dial("tcp", hostPort(t, f.url))
+		must(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = c.Write(header)
+		must(t, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c := f.dial(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var got int
+	if err := c.Post(ctx, "/v1/upload", bytes.Repeat([]byte{1}, 2048), &got); err != nil {
+		t.Fatalf("a 2 KiB request while %d headers wait: %v", n, err)
+	}
+	u, err := Dial(ctx5(t), udp, ClientConfig{})
+	must(t, err)
+	defer u.Close()
+	if err := u.Post(ctx, "/v1/upload", bytes.Repeat([]byte{1}, 4096), &got); err != nil {
+		t.Fatalf("a Block1 upload while %d headers wait: %v", n, err)
+	}
+	legit(t, f)
+}
+
+// A reassembled body whose request go-coap answers from its cache (a
+// reused message ID) never reaches a handler; its bytes still come back
+// to the in-flight budget, within RequestTimeout and a few seconds.
+func TestHostileBlock1ReusedMID(t *testing.T) {
+	const budget = 8 << 10
+	f := newFixture(t, "coap", ServerConfig{MaxInFlightBytes: budget, RequestTimeout: time.Second, RateLimit: RateLimit{PerSecond: -1}})
+	var calls atomic.Int32
+	must(t, f.srv.Handle(Resource{Path: "/v1/upload", Methods: []Method{POST}, Public: true, MaxBody: 4096,
+		Handler: func(ctx context.Context, r *Request) (any, error) { calls.Add(1); return len(r.Body), nil }}))
+	p := newRawPeer(t, f, "")
+	chunk := make([]byte, 1024)
+	for i := range 3 * budget / len(chunk) {
+		mid := int32(1000 + i)
+		p.send(msg{typ: message.Confirmable, code: codes.GET, token: []byte{1}, path: "/v1/status", mid: mid})
+		p.recv(time.Second)
+		p.send(msg{typ: message.Confirmable, code: codes.POST, token: []byte{2}, path: "/v1/upload", mid: mid, payload: chunk,
+			opts: []message.Option{blockOpt(0, false, 6), uintOption(message.ContentFormat, 60)}})
+		p.recv(time.Second)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("handler called %d times: the reused message IDs were not answered from go-coap's cache", n)
+	}
+	waitFor(t, time.Second+handoffSlack+2*time.Second, "the budget came back", func() bool { return budgetFree(f.srv) })
+	r := p.call(msg{code: codes.POST, path: "/v1/upload", payload: chunk,
+		opts: []message.Option{blockOpt(0, false, 6), uintOption(message.ContentFormat, 60)}})
+	if r.Code != codes.Changed {
+		t.Fatalf("an upload after them: %v", r.Code)
+	}
+}
+
+// A registration whose connection closes while its handler runs does not
+// outlive the connection.
+func TestHostileObserveCloseDuringRegistration(t *testing.T) {
+	f := newFixture(t, "coap+tcp", ServerConfig{})
+	var calls atomic.Int32
+	must(t, f.srv.Handle(Resource{Path: "/v1/slow", Public: true, Observable: true,
+		Handler: func(ctx context.Context, r *Request) (any, error) {
+			calls.Add(1)
+			time.Sleep(100 * time.Millisecond)
+			return 0, nil
+		}}))
+	// CSM, then GET /v1/slow with Observe 0 and a token.
+	get := []byte{0x00, 0xe1, 0x91, 0x01, 0x07, 0x60, 0x52, 'v', '1', 0x04, 's', 'l', 'o', 'w'}
+	for i := range 20 {
+		c, err := dialerFrom(fmt.Sprintf("127.0.30.%d", i+1)).Dial("tcp", hostPort(t, f.url))
+		must(t, err)
+		_, err = c.Write(get)
+		must(t, err)
+		time.Sleep(10 * time.Millisecond)
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "every registration handled", func() bool { return calls.Load() == 20 })
+	time.Sleep(200 * time.Millisecond)
+	waitFor(t, 3*time.Second, "registrations of closed connections gone", func() bool { return f.srv.obs.count() == 0 })
+	if _, err := f.srv.Notify(ctx5(t), "/v1/slow", identity.ID{}, 1); err != nil {
+		t.Fatalf("Notify after the connections closed: %v", err)
+	}
+	legit(t, f)
+}
+
+// A device revoked while its handshake is under way (authorized just
+// before the revocation) does not keep the session the handshake makes.
+func TestHostileRevokeDuringHandshake(t *testing.T) {
+	var calls atomic.Int32
+	inHook := make(chan struct{})
+	revoked := make(chan struct{})
+	f := newFixture(t, "coaps", ServerConfig{Authorize: func(ctx context.Context, p Peer) error {
+		if calls.Add(1) == 1 {
+			close(inHook)
+			<-revoked // authorized, but the device is revoked meanwhile
+			return nil
+		}
+		return errors.New("revoked")
+	}})
+	cfg := f.config(t, true)
+	cfg.Retry.Attempts = 1
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, f.url, cfg)
+		if err == nil {
+			err = c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, nil)
+			c.Close()
+		}
+		done <- err
+	}()
+	<-inHook
+	f.srv.Revoke(f.dev)
+	close(revoked)
+	if err := <-done; err == nil {
+		t.Fatal("a device revoked during its handshake was served")
+	}
+	if calls.Load() < 2 {
+		t.Fatal("the session was not authorized again after the revocation")
+	}
+	waitFor(t, 2*time.Second, "no session of the revoked device", func() bool { return len(f.srv.devs.sessions(f.dev)) == 0 })
+}

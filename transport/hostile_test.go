@@ -240,6 +240,9 @@ func TestHostileBlock1Refused(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			for i := range blocks {
+				if i == 10 {
+					legit(t, f) // during the attack
+				}
 				r := p.call(msg{code: codes.POST, path: c.path, payload: chunk,
 					opts: []message.Option{blockOpt(uint32(i), true, c.szx), uintOption(message.ContentFormat, 60)}})
 				if c.want == codes.RequestEntityTooLarge && i < 4 {
@@ -364,7 +367,7 @@ func TestHostileUDPPeerFlood(t *testing.T) {
 	u, _ := url.Parse(fs["coap"].url)
 	raddr, _ := net.ResolveUDPAddr("udp", u.Host)
 	ping := encodeUDP(t, message.Message{Type: message.Confirmable, Code: codes.Empty, MessageID: 1})
-	sent := 0
+	sent, midway := 0, false
 	for sent < n {
 		// Batches of sockets on 127.0.3.0/24 and up: many addresses,
 		// another network than the devices'.
@@ -387,6 +390,12 @@ func TestHostileUDPPeerFlood(t *testing.T) {
 				t.Fatalf("%d unauthenticated peers held, quota %d", got, quota)
 			}
 		}
+		if !midway && sent >= n/2 {
+			midway = true
+			for _, s := range schemes {
+				legit(t, fs[s]) // during the flood
+			}
+		}
 	}
 	for _, s := range schemes {
 		legit(t, fs[s])
@@ -403,11 +412,6 @@ func TestHostileUDPPeerFlood(t *testing.T) {
 	}
 	if w := warns.n.Load(); w > 0 {
 		t.Fatalf("%d log records at warning level or above during the flood", w)
-	}
-	// They go after UnauthenticatedIdle (10 s by default); the devices'
-	// slots were never theirs.
-	if live := srv.adm.live(); live > 10 {
-		t.Fatalf("%d connection slots taken after the flood", live)
 	}
 }
 
@@ -534,4 +538,9 @@ func TestHostileRequestFlood(t *testing.T) {
 		t.Fatalf("%d log records at warning level or above during the flood", w)
 	}
 	t.Logf("%d requests in %v, %d answered; slowest legitimate round trip during the flood %v", n, elapsed, answers.Load(), worst)
+	// Measured before: 2.1 s. Anything over a second means a device's
+	// datagram was lost behind the flood and retransmitted.
+	if worst > time.Second {
+		t.Fatalf("a device's round trip took %v during the flood", worst)
+	}
 }

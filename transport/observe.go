@@ -98,6 +98,14 @@ func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool
 		if !s.obs.add(o, s.cfg.MaxObservations) {
 			return 0, false
 		}
+		// The connection may have closed while the handler ran, and its
+		// one close hook (detach) may have come and gone: a connection's
+		// context ends before its close hooks run, so either the hook saw
+		// this registration or this check sees the end.
+		if conn.Context().Err() != nil {
+			s.obs.remove(o)
+			return 0, false
+		}
 		return first, true
 	case 1:
 		s.obs.removeToken(conn, token)
@@ -332,6 +340,10 @@ func (s *Server) Notify(ctx context.Context, path string, dev identity.ID, v any
 	var firstErr error
 	for _, ob := range s.obs.list(path, dev) {
 		if err := s.notify(ctx, ob, body); err != nil {
+			if ctx.Err() == nil {
+				// The connection failed: the observer is gone.
+				s.obs.remove(ob)
+			}
 			if firstErr == nil {
 				firstErr = fmt.Errorf("transport: notify %s: %w", ob.conn.RemoteAddr(), err)
 			}

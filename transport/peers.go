@@ -26,6 +26,7 @@ type session struct {
 	device    identity.ID
 	leave     func() // gives back the admission slot; nil if none
 	transfers map[string]*transfer
+	handoffs  []*handoff // reassembled bodies not yet answered
 	closed    bool
 	// unauth links the session into the unauthenticated-UDP table.
 	unauth, unauthPrefix *list.Element

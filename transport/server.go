@@ -108,7 +108,7 @@ type ServerConfig struct {
 	// outage; the zero value means DefaultHandshakeRate().
 	HandshakeRate RateLimit
 	// RateLimit bounds requests per peer (per device once authenticated,
-	// per address before). A peer over it is answered 4.29 at most once a
+	// per source IP address before). A peer over it is answered 4.29 at most once a
 	// second; its other requests are dropped unanswered, so that a flood
 	// costs the server as little as possible. The zero value means
 	// DefaultRateLimit(); a negative PerSecond means no limit.
@@ -178,7 +178,11 @@ type ServerConfig struct {
 type Peer struct {
 	// Device is the authenticated device.
 	Device identity.ID
-	// Method says how it authenticated: "psk", "cert" or "token".
+	// Method says how it authenticated: "psk", "cert" or "token"; or
+	// "revoked" when a session of a device that Revoke named a moment
+	// ago is asked about again (its handshake was authorized before the
+	// revocation). For "psk" the device is only claimed: the hook runs
+	// before the handshake proves the key.
 	Method string
 	// Scheme is the transport: "coap", "coaps", "coap+tcp" or "coaps+tcp".
 	Scheme string
@@ -199,8 +203,11 @@ type Server struct {
 	obs     observers
 	hs      *limiter     // handshakes, one bucket for the server
 	unauth  *unauthPeers // plain-UDP peers not (yet) authenticated
-	notices *limiter     // 4.29 answers to peers over the rate limit
-	devs    devices      // the live sessions of each device
+	// revoked holds when Revoke last named each device, for a while.
+	revokedMu sync.Mutex
+	revoked   map[identity.ID]time.Time
+	notices   *limiter // 4.29 answers to peers over the rate limit
+	devs      devices  // the live sessions of each device
 	// admit counts live connections, in all and per source prefix.
 	adm *admission
 	// slots caps DTLS and TLS handshakes in progress.
@@ -625,19 +632,46 @@ func (s *Server) detach(ss *session) {
 }
 
 // bind records that ss is authenticated as device id.
+// A device revoked while its handshake was under way was authorized
+// before the revocation and bound after it; so a session bound within
+// revokeWindow of a Revoke is authorized again.
 func (s *Server) bind(ss *session, id identity.ID) {
+	if s.recentlyRevoked(id) {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RequestTimeout)
+		err := s.authorize(ctx, Peer{Device: id, Method: "revoked", Scheme: ss.scheme, Addr: ss.conn.RemoteAddr()})
+		cancel()
+		if err != nil {
+			s.log.Debug("transport: revoked device refused", "device", id, "err", err)
+			ss.conn.Close()
+			return
+		}
+	}
+	// Under ss.mu, so that detach either sees the device or is seen to
+	// have closed the session.
 	ss.mu.Lock()
-	old, closed := ss.device, ss.closed
-	ss.device = id
-	ss.mu.Unlock()
-	if closed {
+	defer ss.mu.Unlock()
+	if ss.closed {
 		return
 	}
+	old := ss.device
+	ss.device = id
 	if !old.IsZero() && old != id {
 		s.devs.remove(old, ss)
 	}
 	s.devs.add(id, ss)
 }
+
+// recentlyRevoked reports whether Revoke named id within revokeWindow.
+func (s *Server) recentlyRevoked(id identity.ID) bool {
+	s.revokedMu.Lock()
+	defer s.revokedMu.Unlock()
+	at, ok := s.revoked[id]
+	return ok && time.Since(at) < s.revokeWindow()
+}
+
+// revokeWindow is how long a handshake authorized before a Revoke may
+// still be completing.
+func (s *Server) revokeWindow() time.Duration { return s.cfg.HandshakeTimeout + 2*time.Second }
 
 // authorize asks ServerConfig.Authorize about a device.
 func (s *Server) authorize(ctx context.Context, p Peer) error {
@@ -651,6 +685,12 @@ func (s *Server) authorize(ctx context.Context, p Peer) error {
 // once, and returns how many it closed. Pair it with an Authorize hook
 // that refuses the device, or it may come back.
 func (s *Server) Revoke(id identity.ID) int {
+	s.revokedMu.Lock()
+	if s.revoked == nil {
+		s.revoked = make(map[identity.ID]time.Time)
+	}
+	s.revoked[id] = time.Now()
+	s.revokedMu.Unlock()
 	ss := s.devs.sessions(id)
 	for _, x := range ss {
 		s.devs.remove(id, x)
@@ -673,6 +713,13 @@ func (s *Server) sweep() {
 			for _, ss := range s.unauth.expired(now) {
 				ss.conn.Close()
 			}
+			s.revokedMu.Lock()
+			for id, at := range s.revoked {
+				if now.Sub(at) >= s.revokeWindow() {
+					delete(s.revoked, id)
+				}
+			}
+			s.revokedMu.Unlock()
 			s.mu.RLock()
 			live := make([]*session, 0, len(s.live))
 			for ss := range s.live {

@@ -304,6 +304,7 @@ type tcpConn struct {
 
 	mu       sync.Mutex
 	held     int64              // bytes reserved for the message being read
+	large    bool               // the message being read counts against the budget
 	stopWait context.CancelFunc // ends a wait for the budget
 	closed   bool
 	once     sync.Once
@@ -340,23 +341,36 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 }
 
 // account follows the framing through b. At each message header it
-// releases the previous message's reservation and reserves the new
-// message's length, waiting for room. go-coap reads one message after
-// another and, with no received-message queue (serveTCP), reads on only
-// once the handler has taken the previous message: so beyond the budget a
-// connection holds at most the message its handler is working on.
+// releases the previous message's reservation; the bytes of a large
+// message are reserved as they arrive, waiting for room before go-coap
+// gets them, so a peer holds budget only for what it has really sent (a
+// header claiming a megabyte costs nothing until the megabyte comes).
+// go-coap reads one message after another and, with no received-message
+// queue (serveTCP), reads on only once the handler has taken the previous
+// message: so beyond the budget a connection holds at most the message
+// its handler is working on, and one read buffer.
 func (c *tcpConn) account(b []byte) error {
 	for len(b) > 0 {
 		k, ev, size := c.frames.next(b)
+		body := k
 		b = b[k:]
 		switch ev {
 		case frameStart:
 			c.release()
-			if size >= budgetFloor && size <= c.policy.maxMessage {
-				if err := c.reserve(int64(size)); err != nil {
-					return err
-				}
+			c.large = size >= budgetFloor && size <= c.policy.maxMessage
+			if c.large && int64(size) > c.policy.budgetSize {
+				return errOverBudget
 			}
+			body = 0 // the prefix
+		case frameBroken:
+			c.large = false
+		}
+		if c.large && body > 0 {
+			if err := c.reserve(int64(body)); err != nil {
+				return err
+			}
+		}
+		switch ev {
 		case frameEnd:
 			if !c.seen.Load() {
 				c.seen.Store(true)
@@ -404,7 +418,7 @@ func (c *tcpConn) reserve(n int64) error {
 		c.policy.budget.Release(n)
 		return net.ErrClosed
 	}
-	c.held = n
+	c.held += n
 	return nil
 }
 

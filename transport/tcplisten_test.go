@@ -236,9 +236,9 @@ func TestHostileTCPSilentTLS(t *testing.T) {
 	const timeout = 2 * time.Second
 	f := newFixture(t, "coaps+tcp", ServerConfig{
 		MaxConnections: maxConns, MaxConnectionsPerPrefix: perPrefix,
-		// Handshake slots have a per-prefix share of half: room for
-		// the whole per-prefix connection cap.
-		MaxHandshakes: 2 * perPrefix, HandshakeTimeout: timeout,
+		// Handshake slots have a per-prefix share of an eighth: room
+		// for the whole per-prefix connection cap.
+		MaxHandshakes: handshakeShare * perPrefix, HandshakeTimeout: timeout,
 		// This test is about silent sockets, not the handshake rate
 		// (TestHostileTCPHandshakeRate).
 		HandshakeRate: RateLimit{PerSecond: 1e5, Burst: 1e5},
@@ -387,15 +387,15 @@ func TestHostileTCPHandshakeRate(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
-// TestHostileTCPMaxHandshakes: with MaxHandshakes 4, each source prefix
-// may hold half of the slots: silent TLS sockets from one network hold 2
-// for HandshakeTimeout and every other one from it is reset at once,
-// before any TLS, while a device from elsewhere still completes its
-// handshake. When two networks hold all four, a device's handshake is
-// refused too, and served as soon as HandshakeTimeout frees them. Bound:
-// at most 1 server goroutine per slot (its handshake worker) + 32.
+// TestHostileTCPMaxHandshakes: with MaxHandshakes 8, each source prefix
+// may hold an eighth of the slots: silent TLS sockets from one network
+// hold 1 for HandshakeTimeout and every other one from it is reset at
+// once, before any TLS, while a device from elsewhere still completes its
+// handshake. When eight networks hold all the slots, a device's handshake
+// is refused too, and served as soon as HandshakeTimeout frees them.
+// Bound: at most 1 server goroutine per slot (its handshake worker) + 32.
 func TestHostileTCPMaxHandshakes(t *testing.T) {
-	const slots, share = 4, 2
+	const slots, share = 8, 1
 	attack := scale(20, 200)
 	const timeout = 1500 * time.Millisecond
 	f := newFixture(t, "coaps+tcp", ServerConfig{MaxHandshakes: slots, HandshakeTimeout: timeout})
@@ -409,10 +409,18 @@ func TestHostileTCPMaxHandshakes(t *testing.T) {
 	rest.dialed.Wait()
 	// One network holds its share: the device still gets a slot.
 	legitPost(t, f, timeout/2, "while one network holds its share of the handshake slots")
-	fl2 := silentFlood(attackerIP2, hostPort(t, f.url), share, timeout+3*time.Second)
-	fl2.dialed.Wait()
+	others := make([]*flood, 0, slots/share-1)
+	for i := range slots/share - 1 {
+		o := silentFlood(fmt.Sprintf("127.0.%d.1", 40+i), hostPort(t, f.url), share, timeout+3*time.Second)
+		o.dialed.Wait()
+		others = append(others, o)
+	}
 	time.Sleep(100 * time.Millisecond)
-	g := runtime.NumGoroutine() - before - int(fl.alive.Load()+rest.alive.Load()+fl2.alive.Load())
+	alive := fl.alive.Load() + rest.alive.Load()
+	for _, o := range others {
+		alive += o.alive.Load()
+	}
+	g := runtime.NumGoroutine() - before - int(alive)
 	if c, err := dialAndPost(t, f); err == nil {
 		c.Close()
 		t.Error("a device completed a handshake while the attackers held every slot")
@@ -422,15 +430,19 @@ func TestHostileTCPMaxHandshakes(t *testing.T) {
 	waited := time.Since(start)
 	fl.wg.Wait()
 	rest.wg.Wait()
-	fl2.wg.Wait()
-
-	lived, others := append(fl.lifetimes(), fl2.lifetimes()...), rest.lifetimes()
+	lived := fl.lifetimes()
+	survived := fl.survived
+	for _, o := range others {
+		o.wg.Wait()
+		lived = append(lived, o.lifetimes()...)
+		survived += o.survived
+	}
 	slices.Sort(lived)
 	held, longest := atLeast(lived, timeout*3/4), lived[len(lived)-1]
-	quick := len(others) - atLeast(others, timeout/4)
+	quick := len(rest.lifetimes()) - atLeast(rest.lifetimes(), timeout/4)
 	t.Logf("%d silent TLS sockets: %d held a slot, %d of the rest reset at once; device served %v later; %d server goroutines",
-		attack+share, held, quick, waited.Round(time.Millisecond), g)
-	if held != slots || fl.survived > 0 || fl2.survived > 0 || longest > timeout+time.Second {
+		attack+slots-share, held, quick, waited.Round(time.Millisecond), g)
+	if held != slots || survived > 0 || longest > timeout+time.Second {
 		t.Errorf("%d sockets held a slot about HandshakeTimeout (longest %v), want %d", held, longest, slots)
 	}
 	if quick != attack-share {
@@ -620,7 +632,9 @@ func TestHostileTCPInFlightBudget(t *testing.T) {
 			if scheme == "coaps+tcp" {
 				closeAll()
 			}
-			eventually(t, idle+3*time.Second, "budget back", func() error {
+			// A connection waiting for the budget goes when its wait
+			// (IdleTimeout) ends: idle + wait + slack.
+			eventually(t, 2*idle+3*time.Second, "budget back", func() error {
 				if !f.srv.inflight.TryAcquire(budget) {
 					return errors.New("part of the budget is still reserved")
 				}

@@ -289,9 +289,12 @@ func (c *Client) live(ctx context.Context) (mux.Conn, error) {
 	return conn, nil
 }
 
-// errConnClosed is the cause given for observations lost with a
-// connection that closed.
-var errConnClosed = errors.New("the connection closed")
+// Causes given for lost observations and failed exchanges.
+const (
+	errConnClosed  = sentinel("the connection closed")
+	errNoResponse  = sentinel("no response in time")
+	errSessionLost = sentinel("the server lost the session")
+)
 
 // drop forgets conn after a failure and closes it; the observations
 // registered on it are lost (their handlers hear of it), and the keeper
@@ -348,9 +351,6 @@ func (e *connError) Is(target error) bool { return target == ErrUnreachable }
 
 func (e *connError) Unwrap() error { return e.err }
 
-// errNoResponse is the cause of a connError when no response came in time.
-var errNoResponse = errors.New("no response in time")
-
 // withRetry runs fn on a live connection, retrying per the RetryPolicy.
 func (c *Client) withRetry(ctx context.Context, fn func(context.Context, mux.Conn) error) error {
 	attempts := c.cfg.Retry.attempts()
@@ -393,7 +393,7 @@ func (c *Client) attempt(ctx context.Context, fn func(context.Context, mux.Conn)
 		// authenticate again on this connection, and try once more.
 		lost := c.lose(conn, false)
 		for _, o := range lost {
-			o.missed(errors.New("the server lost the session"))
+			o.missed(errSessionLost)
 		}
 		if aerr := c.authenticate(actx, conn); aerr != nil {
 			err = aerr

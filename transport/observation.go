@@ -517,7 +517,7 @@ func (c *Client) reobserve(ctx context.Context, conn mux.Conn, keepalive bool) (
 			// it: authenticate again and register them all.
 			reauthed = true
 			for _, l := range c.lose(conn, false) {
-				l.missed(errors.New("the server lost the session"))
+				l.missed(errSessionLost)
 			}
 			if aerr := c.authenticate(ctx, conn); aerr != nil {
 				if errors.As(aerr, &ce) {

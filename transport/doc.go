@@ -20,9 +20,10 @@
 // peer, 4.29 past the peer's rate limit, 4.13 for a body over the limit and
 // 4.15 for a content-format the resource does not accept. A handler decodes
 // the body strictly ([Request.Decode], or [Typed] for Go values in and out);
-// malformed CBOR answers 4.00 with a short diagnostic. An [*Error] returned
-// by a handler chooses the code (4.03 for policy or consent, say); any other
-// error answers 5.00 and goes to the log, not to the peer.
+// malformed CBOR answers 4.00 with a short diagnostic that names the field
+// at fault. An [*Error] returned by a handler chooses the code (4.03 for
+// policy or consent, say), as does a code sentinel such as [ErrForbidden];
+// any other error answers 5.00 and goes to the log, not to the peer.
 //
 // /.well-known/core lists the resources in RFC 6690 link format.
 //

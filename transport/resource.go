@@ -92,8 +92,10 @@ func decodeError(err error) *Error {
 
 // A Handler serves one resource. It returns the value to send back as CBOR
 // (nil for no body), or an error: an *Error chooses the response code and
-// diagnostic; any other error answers 5.00 and is logged, not sent. A
-// handler may return a *Response to choose a success code.
+// diagnostic (and Max-Age, with RetryAfter); a code sentinel such as
+// ErrForbidden chooses the code alone; any other error answers 5.00 and is
+// logged, not sent. A handler may return a *Response to choose a success
+// code.
 type Handler func(ctx context.Context, r *Request) (any, error)
 
 // A Response lets a handler choose a success code other than the method's

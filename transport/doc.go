@@ -20,9 +20,10 @@
 // peer, 4.29 past the peer's rate limit, 4.13 for a body over the limit and
 // 4.15 for a content-format the resource does not accept. A handler decodes
 // the body strictly ([Request.Decode], or [Typed] for Go values in and out);
-// malformed CBOR answers 4.00 with a short diagnostic. An [*Error] returned
-// by a handler chooses the code (4.03 for policy or consent, say); any other
-// error answers 5.00 and goes to the log, not to the peer.
+// malformed CBOR answers 4.00 with a short diagnostic that names the field
+// at fault. An [*Error] returned by a handler chooses the code (4.03 for
+// policy or consent, say), as does a code sentinel such as [ErrForbidden];
+// any other error answers 5.00 and goes to the log, not to the peer.
 //
 // /.well-known/core lists the resources in RFC 6690 link format.
 //
@@ -53,7 +54,46 @@
 // On the client, every 4.xx and 5.xx response is an [*Error] carrying the
 // code and the server's diagnostic; errors.Is matches it against
 // [ErrUnauthorized], [ErrForbidden], [ErrTooManyRequests] and the other
-// sentinels by code.
+// sentinels by code. The sentinels are constants, so no caller can change
+// them, and a handler may return one as it is. Diagnostics travel as RFC
+// 7252 section 5.5.2 has them: UTF-8 text without a content-format.
+//
+// A response the client cannot use is a typed error too: a body that does
+// not decode is a [*DecodeError] naming the field at fault
+// ([ErrDecode]); a 2.xx body in another content-format matches
+// [ErrUnexpectedFormat]; a Reset, [ErrReset]. A request that failed for
+// want of a connection matches [ErrUnreachable]. [Server.Listen] fails
+// with [ErrBadURL] or [ErrAddressInUse] where they apply.
+//
+// # Retries
+//
+// The client retries a request only where it may not have reached the
+// server, or the server asked for it ([RetryPolicy]): the connection
+// failed or closed before the response, no response came within
+// RetryPolicy.Timeout, or the answer was 5.03 or 4.29, after the Max-Age
+// it carried ([Error.RetryAfter], which a handler sets to send one). A
+// response that does not decode, a content-format mismatch and local
+// errors are returned at once, so a handler never runs twice for them.
+//
+// Responses and notifications are decoded tolerantly: map keys the Go
+// value lacks are skipped, so that the cloud can add a field without
+// breaking the devices already deployed. Requests, and everything signed,
+// are decoded strictly.
+//
+// # Observe
+//
+// [Client.Observe] registers for notifications (RFC 7641), which reach the
+// handler on a goroutine of the observation, in order. The client keeps
+// its observations alive by itself: it checks every
+// [ClientConfig.KeepAlive] (30 s by default, which also keeps NAT bindings
+// open) with a CoAP ping over TCP and TLS, and by registering again over
+// UDP and DTLS, where a restarted server answers a ping as before. When
+// the connection closes or a check goes unanswered, the handler gets a
+// [Notification] whose Err matches [ErrMissedNotifications], and the
+// client reconnects, backing off, and registers again, without waiting
+// for a request; the handler then gets the current value. Confirmable
+// notifications are acknowledged. A notification with an error code ends
+// the observation, and the handler gets that error.
 //
 // # Large bodies
 //

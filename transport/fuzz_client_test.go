@@ -12,8 +12,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
-
-	"github.com/sensible-iot/sensible/internal/codec"
 )
 
 // fuzzDeadline bounds one fuzzed exchange. Each exchange ends with a
@@ -172,16 +170,20 @@ func isObserve(req []byte) bool {
 	return err == nil && v == 0
 }
 
-// checkClientError fails t unless err is nil, an *Error, a codec decode
-// error or the context's deadline.
+// checkClientError fails t unless err is nil, an *Error, a *DecodeError,
+// one of the typed errors of a reply the client cannot use
+// (ErrUnexpectedFormat, ErrReset, ErrNotObservable), or the context's
+// deadline.
 func checkClientError(t *testing.T, err error) {
 	t.Helper()
 	var e *Error
-	var de *codec.DecodeError
+	var de *DecodeError
 	switch {
-	case err == nil, errors.As(err, &e), errors.As(err, &de), errors.Is(err, context.DeadlineExceeded):
+	case err == nil, errors.As(err, &e), errors.As(err, &de) && errors.Is(err, ErrDecode),
+		errors.Is(err, ErrUnexpectedFormat), errors.Is(err, ErrReset), errors.Is(err, ErrNotObservable),
+		errors.Is(err, context.DeadlineExceeded):
 	default:
-		t.Fatalf("error %q (%T) is neither an *Error nor a decode error", err, err)
+		t.Fatalf("error %q (%T) is not one of the client's typed errors", err, err)
 	}
 }
 
@@ -189,8 +191,9 @@ func checkClientError(t *testing.T, err error) {
 // datagram, then with a well-formed 2.05 "fallback" that the client takes
 // only if it did not take the fuzzed one. The client must not panic, must
 // return within the deadline, and must return nil (only for a 2.xx reply),
-// an *Error carrying the reply's code, or a decode error; see knownUntyped
-// for the one exception. Seeds are in testdata/fuzz/FuzzClientResponse.
+// an *Error carrying the reply's code, a *DecodeError, ErrUnexpectedFormat
+// (only for a 2.xx reply in another format) or ErrReset (only for an empty
+// reply). Seeds are in testdata/fuzz/FuzzClientResponse.
 //
 // Regression seeds gocoap-crash-*: with go-coap v3.8.0 a datagram with a
 // request's token and a request code or 2.31 Continue (such as CON GET
@@ -224,9 +227,6 @@ func FuzzClientResponse(f *testing.F) {
 			t.Fatalf("client returned after %v", d)
 		}
 		m := decoded(sent.get())
-		if err != nil && knownUntyped(m) {
-			return
-		}
 		checkClientError(t, err)
 		if out == "fallback" {
 			return // the client did not take the fuzzed reply
@@ -235,18 +235,19 @@ func FuzzClientResponse(f *testing.F) {
 		if errors.As(err, &e) && m != nil && e.Code != Code(m.Code) {
 			t.Fatalf("error code %v, but the reply's code is %v", e.Code, Code(m.Code))
 		}
+		if errors.Is(err, ErrUnexpectedFormat) && (m == nil || !Code(m.Code).IsSuccess() || contentFormat(m) == int(CBOR)) {
+			t.Fatalf("%v, from a reply that is not a 2.xx response in another format: %x", err, sent.get())
+		}
+		if errors.Is(err, ErrReset) && (m == nil || m.Code != codes.Empty) {
+			t.Fatalf("%v, from a reply that is not empty: %x", err, sent.get())
+		}
+		if errors.Is(err, ErrNotObservable) {
+			t.Fatalf("%v from a plain request", err)
+		}
 		if err == nil && (m == nil || !Code(m.Code).IsSuccess()) {
 			t.Fatalf("success, with %v, from a reply that is not a 2.xx response: %x", out, sent.get())
 		}
 	})
-}
-
-// knownUntyped reports whether m is a reply for which the client returns
-// an error that is neither an *Error nor a decode error: a 2.xx response
-// whose body is in a content-format other than CBOR ("response
-// content-format %d, want CBOR"). Such a reply must still fail the call.
-func knownUntyped(m *message.Message) bool {
-	return m != nil && Code(m.Code).IsSuccess() && len(m.Payload) > 0 && contentFormat(m) != int(CBOR)
 }
 
 // record holds the datagram the raw server sent, for the test to read.
@@ -275,10 +276,10 @@ func (r *record) get() []byte {
 // notification follows, newer than any before it (when first is set, as
 // an ACK that registers if the fuzzed datagram did not, and again as a
 // notification). The client must not panic; Observe returns within the
-// deadline with nil, an *Error or a decode error (see knownUntypedObserve
-// for the exception); each notification decodes or fails with a decode
-// error; and the last notification arrives unless the fuzzed datagram
-// ended the observation. Seeds are in
+// deadline with nil or a typed error (checkClientError); each
+// notification decodes or fails with a typed error; and the last
+// notification arrives unless the fuzzed datagram ended the observation.
+// Seeds are in
 // testdata/fuzz/FuzzClientNotification, with the regression seeds of the
 // go-coap crash that FuzzClientResponse describes.
 func FuzzClientNotification(f *testing.F) {
@@ -338,10 +339,18 @@ func FuzzClientNotification(f *testing.F) {
 		var once sync.Once
 		start := time.Now()
 		obs, err := c.Observe(ctx, "/v1/fuzz", func(n Notification) {
+			if n.Err != nil {
+				// The fuzzed datagram ended the observation, or the
+				// client lost the server.
+				var e *Error
+				if !errors.As(n.Err, &e) && !errors.Is(n.Err, ErrNotObservable) && !errors.Is(n.Err, ErrMissedNotifications) {
+					t.Errorf("notification error %q (%T) is not typed", n.Err, n.Err)
+				}
+				return
+			}
 			var v any
 			if err := n.Decode(&v); err != nil {
-				var de *codec.DecodeError
-				if !errors.As(err, &de) {
+				if !errors.Is(err, ErrDecode) && !errors.Is(err, ErrUnexpectedFormat) {
 					t.Errorf("notification decode error %q (%T) is not a decode error", err, err)
 				}
 				return
@@ -354,10 +363,12 @@ func FuzzClientNotification(f *testing.F) {
 			t.Fatalf("Observe returned after %v", d)
 		}
 		if err != nil {
-			if first && knownUntypedObserve(decoded(sent.get())) {
-				return
-			}
 			checkClientError(t, err)
+			if m := decoded(sent.get()); errors.Is(err, ErrNotObservable) && m != nil {
+				if _, ok := optionObserve(m); ok && Code(m.Code).IsSuccess() {
+					t.Fatalf("%v, from a 2.xx reply with Observe: %x", err, sent.get())
+				}
+			}
 			return
 		}
 		defer obs.Cancel(ctx)
@@ -389,12 +400,4 @@ func optionObserve(m *message.Message) (uint32, bool) {
 	}
 	v, err := m.Options.Observe()
 	return v, err == nil
-}
-
-// knownUntypedObserve reports whether m is a reply to an Observe
-// registration for which the client returns an error that is neither an
-// *Error nor a decode error: go-coap reports any code but 2.05 and 2.03
-// as "unexpected return code", which Observe passes on untyped.
-func knownUntypedObserve(m *message.Message) bool {
-	return m != nil && m.Code != codes.Content && m.Code != codes.Valid
 }

@@ -115,6 +115,34 @@ func TestInteropLibcoapClientWellKnownCore(t *testing.T) {
 	}
 }
 
+// TestInteropLibcoapClientDiagnostic: libcoap's client prints an error's
+// diagnostic as it is, for it is UTF-8 text without a content-format (RFC
+// 7252 section 5.5.2); as a CBOR text string it printed a stray byte
+// before it.
+func TestInteropLibcoapClientDiagnostic(t *testing.T) {
+	t.Parallel()
+	needLibcoap(t, "coap-client-openssl")
+	f := newFixture(t, "coap", ServerConfig{})
+	const diag = "no consent for purpose analytics"
+	must(t, f.srv.Handle(Resource{Path: "/v1/refuse", Public: true,
+		Handler: func(context.Context, *Request) (any, error) { return nil, Errorf(Forbidden, diag) }}))
+	payload, stdout, stderr := coapClient(t, 4*time.Second, "-m", "get", f.url+"/v1/refuse")
+	if stderr != "4.03 "+diag+"\n" {
+		t.Errorf("libcoap printed %q, want %q", stderr, "4.03 "+diag+"\n")
+	}
+	if len(payload) > 0 {
+		t.Errorf("an error response's diagnostic went to the payload file: %q", payload)
+	}
+	for _, line := range strings.Split(stdout, "\n") {
+		if strings.Contains(line, "c:4.03") && (strings.Contains(line, "Content-Format") || !strings.HasSuffix(line, ":: '"+diag+"'")) {
+			t.Errorf("the 4.03 PDU in libcoap's log is %q, want no Content-Format and the text as payload", line)
+		}
+	}
+	if !strings.Contains(stdout, "c:4.03") {
+		t.Errorf("no 4.03 in libcoap's log:\n%s", stdout)
+	}
+}
+
 // probe is a protected resource that records who called it.
 type probe struct {
 	calls atomic.Int32
@@ -349,8 +377,15 @@ func TestInteropClientWithLibcoapServer(t *testing.T) {
 		// A CBOR body goes out and an error response comes back as an
 		// *Error: libcoap's / answers GET only.
 		err = c.DoRaw(ctx5(t), POST, "/", CBOR, []byte{0x81, 0x01}, nil)
-		if !errors.Is(err, ErrMethodNotAllowed) {
-			t.Fatalf("POST / = %v, want 4.05", err)
+		var e *Error
+		if !errors.Is(err, ErrMethodNotAllowed) || !errors.As(err, &e) || e.Diagnostic != "Method Not Allowed" {
+			t.Fatalf("POST / = %v, want 4.05 with libcoap's diagnostic", err)
+		}
+		// libcoap sends its diagnostics as RFC 7252 has them: plain
+		// text without a content-format.
+		err = c.Get(ctx5(t), "/nothing", nil)
+		if !errors.Is(err, ErrNotFound) || !errors.As(err, &e) || e.Diagnostic != "Not Found" {
+			t.Fatalf("GET /nothing = %#v, want 4.04 with libcoap's diagnostic", err)
 		}
 	}
 

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -84,11 +85,11 @@ func TestObserve(t *testing.T) {
 func TestObserveNotObservable(t *testing.T) {
 	f := newFixture(t, "coap", ServerConfig{})
 	c := f.dial(t, true)
-	if _, err := c.Observe(ctx5(t), "/v1/nothing", func(Notification) {}); err == nil {
-		t.Fatal("observing a missing resource succeeded")
+	if _, err := c.Observe(ctx5(t), "/v1/nothing", func(Notification) {}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("observing a missing resource: %v, want 4.04", err)
 	}
-	if _, err := c.Observe(ctx5(t), "/v1/status", func(Notification) {}); err != nil {
-		t.Logf("observing a plain resource: %v", err)
+	if _, err := c.Observe(ctx5(t), "/v1/status", func(Notification) {}); !errors.Is(err, ErrNotObservable) {
+		t.Fatalf("observing a plain resource: %v, want ErrNotObservable", err)
 	}
 	if n := len(f.srv.obs.list("/v1/status", identity.ID{})); n != 0 {
 		t.Fatalf("a resource that is not observable got %d observers", n)

@@ -32,26 +32,7 @@ func TestReconnect(t *testing.T) {
 			must(t, c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil))
 
 			// The cloud restarts on the same address.
-			must(t, f.srv.Close())
-			u, _ := url.Parse(f.url)
-			listen := scheme + "://" + u.Host
-			if scheme == "coaps+cert" {
-				listen = "coaps://" + u.Host + "?auth=cert"
-			}
-			srv2 := NewServer(f.srv.cfg)
-			t.Cleanup(func() { srv2.Close() })
-			var got string
-			deadline := time.Now().Add(3 * time.Second)
-			for {
-				if got, err = srv2.Listen(listen); err == nil || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			must(t, err)
-			if !strings.HasSuffix(got, u.Host) {
-				t.Fatalf("restarted on %s, want %s", got, u.Host)
-			}
+			srv2 := f.restart(t)
 			must(t, srv2.Handle(Resource{Path: "/v1/telemetry", Methods: []Method{POST},
 				Handler: Typed(func(ctx context.Context, in []reading) (ack, error) {
 					dev, _ := DeviceFrom(ctx)
@@ -114,5 +95,93 @@ func TestRetryPolicyWait(t *testing.T) {
 	}
 	if (RetryPolicy{}).attempts() != DefaultRetryAttempts || (RetryPolicy{Attempts: 1}).attempts() != 1 {
 		t.Fatal("attempts defaults wrong")
+	}
+}
+
+// restart closes the fixture's server and starts another with the same
+// configuration on the same address and port, with no resources.
+func (f *fixture) restart(t *testing.T) *Server {
+	t.Helper()
+	must(t, f.srv.Close())
+	u, err := url.Parse(f.url)
+	must(t, err)
+	listen := f.scheme + "://" + u.Host
+	if f.scheme == "coaps+cert" {
+		listen = "coaps://" + u.Host + "?auth=cert"
+	}
+	srv := NewServer(f.srv.cfg)
+	t.Cleanup(func() { srv.Close() })
+	var got string
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		// The old listener may hold the port for a moment.
+		if got, err = srv.Listen(listen); err == nil || !errors.Is(err, ErrAddressInUse) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	must(t, err)
+	if !strings.HasSuffix(got, u.Host) {
+		t.Fatalf("restarted on %s, want %s", got, u.Host)
+	}
+	return srv
+}
+
+// TestObserveAfterRestart: the cloud restarts (Close, and Listen again on
+// the same address and port), and a device that only observes, and makes
+// no request of its own, hears of it (ErrMissedNotifications) and
+// receives the next notification within 10 s, on every transport.
+func TestObserveAfterRestart(t *testing.T) {
+	for _, scheme := range allSchemes {
+		t.Run(scheme, func(t *testing.T) {
+			f := newFixture(t, scheme, ServerConfig{})
+			const path = "/v1/state/desired"
+			observable := Resource{Path: path, Observable: true,
+				Handler: func(context.Context, *Request) (any, error) { return desired{Temp: 1}, nil }}
+			must(t, f.srv.Handle(observable))
+			cfg := f.config(t, true)
+			cfg.KeepAlive = 2 * time.Second
+			c, err := Dial(ctx5(t), f.url, cfg)
+			must(t, err)
+			defer c.Close()
+			events := make(chan Notification, 64)
+			_, err = c.Observe(ctx5(t), path, func(n Notification) { events <- n })
+			must(t, err)
+			if n := <-events; n.Err != nil {
+				t.Fatalf("first notification: %v", n.Err)
+			}
+
+			start := time.Now()
+			srv2 := f.restart(t)
+			must(t, srv2.Handle(observable))
+			missed := false
+			deadline := time.After(10 * time.Second)
+			next := time.NewTicker(100 * time.Millisecond)
+			defer next.Stop()
+			for done := false; !done; {
+				select {
+				case n := <-events:
+					var d desired
+					switch err := n.Decode(&d); {
+					case errors.Is(err, ErrMissedNotifications):
+						missed = true
+					case err != nil:
+						t.Fatalf("notification: %v", err)
+					case d.Temp == 7:
+						done = true
+					}
+				case <-next.C:
+					if _, err := srv2.Notify(context.Background(), path, f.dev, desired{Temp: 7}); err != nil {
+						t.Logf("Notify: %v", err)
+					}
+				case <-deadline:
+					t.Fatal("no notification within 10 s of the restart")
+				}
+			}
+			t.Logf("notified %v after the restart", time.Since(start).Round(time.Millisecond))
+			if !missed {
+				t.Error("the handler was not told that notifications may have been missed")
+			}
+		})
 	}
 }

@@ -2,7 +2,6 @@ package transport
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -72,8 +71,9 @@ type Request struct {
 
 // Decode decodes the CBOR body strictly, with the resource's limits, into
 // the value v points to. A malformed body gives an *Error with code 4.00
-// (4.13 if over the limit) whose diagnostic says why, fit to return from the
-// handler as it is.
+// (4.13 if over the limit) whose diagnostic says why and names the field
+// at fault, fit to return from the handler as it is; it wraps a
+// *DecodeError (errors.Is(err, ErrDecode)).
 func (r *Request) Decode(v any) error {
 	if err := r.dec.Unmarshal(r.Body, v); err != nil {
 		return decodeError(err)
@@ -82,20 +82,20 @@ func (r *Request) Decode(v any) error {
 }
 
 func decodeError(err error) *Error {
-	var de *codec.DecodeError
-	if errors.As(err, &de) && errors.Is(de.Kind, codec.ErrTooLarge) {
-		return &Error{Code: RequestEntityTooLarge, Diagnostic: de.Error()}
+	de := newDecodeError(err)
+	code := BadRequest
+	if de.TooLarge {
+		code = RequestEntityTooLarge
 	}
-	if de != nil {
-		return &Error{Code: BadRequest, Diagnostic: de.Error()}
-	}
-	return &Error{Code: BadRequest, Diagnostic: "malformed body"}
+	return &Error{Code: code, Diagnostic: de.diagnostic(), err: de}
 }
 
 // A Handler serves one resource. It returns the value to send back as CBOR
 // (nil for no body), or an error: an *Error chooses the response code and
-// diagnostic; any other error answers 5.00 and is logged, not sent. A
-// handler may return a *Response to choose a success code.
+// diagnostic (and Max-Age, with RetryAfter); a code sentinel such as
+// ErrForbidden chooses the code alone; any other error answers 5.00 and is
+// logged, not sent. A handler may return a *Response to choose a success
+// code.
 type Handler func(ctx context.Context, r *Request) (any, error)
 
 // A Response lets a handler choose a success code other than the method's

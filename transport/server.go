@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -69,13 +72,13 @@ const (
 	DefaultMaxObservations = 16
 )
 
-// DefaultHandshakeRate is the handshake rate a server allows by default:
-// 500 per second, in bursts of up to 1000.
-var DefaultHandshakeRate = RateLimit{PerSecond: 500, Burst: 1000}
+// DefaultHandshakeRate returns the handshake rate a server allows by
+// default: 500 per second, in bursts of up to 1000.
+func DefaultHandshakeRate() RateLimit { return RateLimit{PerSecond: 500, Burst: 1000} }
 
-// DefaultRateLimit is the request rate a server allows each peer by
+// DefaultRateLimit returns the request rate a server allows each peer by
 // default: 50 per second, in bursts of up to 200.
-var DefaultRateLimit = RateLimit{PerSecond: 50, Burst: 200}
+func DefaultRateLimit() RateLimit { return RateLimit{PerSecond: 50, Burst: 200} }
 
 // AuthPath is the resource where a device presents its token, once per
 // session, on a transport without client authentication.
@@ -102,13 +105,13 @@ type ServerConfig struct {
 	MaxConnections int
 	// HandshakeRate bounds new DTLS and TLS handshakes across all
 	// listeners, the expensive part of a connection storm after an
-	// outage; the zero value means DefaultHandshakeRate.
+	// outage; the zero value means DefaultHandshakeRate().
 	HandshakeRate RateLimit
 	// RateLimit bounds requests per peer (per device once authenticated,
 	// per source IP address before). A peer over it is answered 4.29 at most once a
 	// second; its other requests are dropped unanswered, so that a flood
 	// costs the server as little as possible. The zero value means
-	// DefaultRateLimit; a negative PerSecond means no limit.
+	// DefaultRateLimit(); a negative PerSecond means no limit.
 	RateLimit RateLimit
 	// PSK returns a device's pre-shared key for DTLS-PSK
 	// (TLS_PSK_WITH_AES_128_CCM_8), the PSK identity being the device ID;
@@ -243,11 +246,11 @@ func NewServer(cfg ServerConfig) *Server {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
 	if cfg.HandshakeRate.PerSecond <= 0 {
-		cfg.HandshakeRate = DefaultHandshakeRate
+		cfg.HandshakeRate = DefaultHandshakeRate()
 	}
 	switch {
 	case cfg.RateLimit.PerSecond == 0:
-		cfg.RateLimit = DefaultRateLimit
+		cfg.RateLimit = DefaultRateLimit()
 	case cfg.RateLimit.PerSecond < 0:
 		cfg.RateLimit = RateLimit{} // no limit
 	}
@@ -344,11 +347,30 @@ func (s *Server) relink() {
 // when both are configured (one DTLS listener does one or the other).
 // Port 0 picks a free port.
 // It returns the URL actually listened on. Serving goes on until Close.
+//
+// A URL that cannot be used fails with an error matching ErrBadURL; an
+// address and port already taken, with one matching ErrAddressInUse.
 func (s *Server) Listen(address string) (string, error) {
 	u, err := url.Parse(address)
 	if err != nil {
-		return "", fmt.Errorf("transport: listen address: %w", err)
+		return "", fmt.Errorf("%w: %w", ErrBadURL, err)
 	}
+	switch u.Scheme {
+	case "coap", "coaps", "coap+tcp", "coaps+tcp":
+	default:
+		return "", fmt.Errorf("%w: unsupported scheme %q (want coap, coaps, coap+tcp or coaps+tcp)", ErrBadURL, u.Scheme)
+	}
+	if auth := u.Query().Get("auth"); u.Scheme == "coaps" && auth != "" && auth != "psk" && auth != "cert" {
+		return "", fmt.Errorf("%w: unknown auth %q (want psk or cert)", ErrBadURL, auth)
+	}
+	got, err := s.listen(u)
+	if err != nil && errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, ErrAddressInUse) {
+		err = fmt.Errorf("%w: %w", ErrAddressInUse, err)
+	}
+	return got, err
+}
+
+func (s *Server) listen(u *url.URL) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -792,39 +814,56 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) serveCOAP(w mux.ResponseWriter, r *mux.Message) {
-	var opts []message.Option
 	p := preOf(r.Context())
-	var code Code
-	var format Format
-	var body []byte
+	var rep reply
 	switch {
 	case p != nil && p.reply != nil:
-		code, format, body = errorReply(p.reply)
+		rep = errorReply(p.reply)
 	case p != nil && p.code != 0:
-		code = p.code
+		rep.code = p.code
 	default:
-		code, format, body = s.dispatch(w.Conn(), r)
-		if seq, ok := s.observe(w.Conn(), r, code); ok {
-			opts = append(opts, observeOption(seq))
+		rep = s.dispatch(w.Conn(), r)
+		if seq, ok := s.observe(w.Conn(), r, rep.code); ok {
+			rep.opts = append(rep.opts, observeOption(seq))
 		}
 	}
 	if p != nil {
 		if p.release != nil {
 			p.release()
 		}
-		opts = append(opts, p.opts...)
+		rep.opts = append(rep.opts, p.opts...)
 	}
-	var rd io.ReadSeeker
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	if err := w.SetResponse(codes.Code(code), message.MediaType(format), rd, opts...); err != nil {
+	if err := rep.write(w); err != nil {
 		s.log.Debug("transport: writing response", "err", err)
 	}
 }
 
+// A reply is a response to send: a code, a body in a content-format, and
+// options. A diagnostic (RFC 7252 section 5.5.2) is UTF-8 text without a
+// content-format.
+type reply struct {
+	code   Code
+	format Format
+	body   []byte
+	diag   bool // body is a diagnostic: no content-format
+	opts   []message.Option
+}
+
+func (rep reply) write(w mux.ResponseWriter) error {
+	if rep.body == nil || rep.diag {
+		if err := w.SetResponse(codes.Code(rep.code), 0, nil, rep.opts...); err != nil {
+			return err
+		}
+		if rep.body != nil {
+			w.Message().SetBody(bytes.NewReader(rep.body))
+		}
+		return nil
+	}
+	return w.SetResponse(codes.Code(rep.code), message.MediaType(rep.format), bytes.NewReader(rep.body), rep.opts...)
+}
+
 // dispatch answers one request: a code, the body's format and the body.
-func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) {
+func (s *Server) dispatch(conn mux.Conn, r *mux.Message) reply {
 	method := Method(r.Code())
 	path, err := r.Path()
 	if err != nil {
@@ -845,7 +884,7 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 		s.mu.RLock()
 		b := s.linkBody
 		s.mu.RUnlock()
-		return Content, LinkFormat, b
+		return reply{code: Content, format: LinkFormat, body: b}
 	}
 	s.mu.RLock()
 	rt := s.routes[path]
@@ -891,6 +930,10 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 		if errors.As(herr, &e) {
 			return errorReply(e)
 		}
+		var c codeError
+		if errors.As(herr, &c) {
+			return errorReply(&Error{Code: Code(c)})
+		}
 		s.log.Error("transport: handler failed", "path", path, "device", dev, "err", herr)
 		return errorReply(Errorf(InternalServerError, "internal error"))
 	}
@@ -902,14 +945,14 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) (Code, Format, []byte) 
 		out = resp.Body
 	}
 	if out == nil {
-		return code, 0, nil
+		return reply{code: code}
 	}
 	b, err := codec.Marshal(out)
 	if err != nil {
 		s.log.Error("transport: encoding response", "path", path, "err", err)
 		return errorReply(Errorf(InternalServerError, "internal error"))
 	}
-	return code, CBOR, b
+	return reply{code: code, format: CBOR, body: b}
 }
 
 // authHandler verifies a device token and binds its device to the session.
@@ -970,12 +1013,22 @@ func defaultCode(m Method) Code {
 	return Changed
 }
 
-func errorReply(e *Error) (Code, Format, []byte) {
-	if e.Diagnostic == "" {
-		return e.Code, 0, nil
+// errorReply answers with e: its code, its diagnostic as UTF-8 text
+// without a content-format (RFC 7252 section 5.5.2), and Max-Age when it
+// says when to retry.
+func errorReply(e *Error) reply {
+	rep := reply{code: e.Code}
+	if e.Code.IsSuccess() || e.Code>>5 < 4 {
+		rep.code = InternalServerError // a handler's mistake: never a success
 	}
-	b, _ := codec.Marshal(e.Diagnostic)
-	return e.Code, CBOR, b
+	if e.Diagnostic != "" {
+		rep.body, rep.diag = []byte(strings.ToValidUTF8(e.Diagnostic, "\uFFFD")), true
+	}
+	if e.RetryAfter > 0 {
+		secs := (e.RetryAfter + time.Second - 1) / time.Second
+		rep.opts = append(rep.opts, uintOption(message.MaxAge, uint32(min(secs, math.MaxUint32))))
+	}
+	return rep
 }
 
 func readBody(r *mux.Message, max int) ([]byte, *Error) {

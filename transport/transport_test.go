@@ -324,11 +324,17 @@ func TestServerCloseWithClients(t *testing.T) {
 		t.Run(scheme, func(t *testing.T) {
 			before := runtime.NumGoroutine()
 			f := newFixture(t, scheme, ServerConfig{})
-			c, err := Dial(ctx5(t), f.url, f.config(t, true))
+			must(t, f.srv.Handle(Resource{Path: "/v1/state/desired", Observable: true,
+				Handler: func(context.Context, *Request) (any, error) { return desired{}, nil }}))
+			cfg := f.config(t, true)
+			cfg.KeepAlive = 100 * time.Millisecond // the keeper tries to reconnect meanwhile
+			c, err := Dial(ctx5(t), f.url, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			must(t, c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil))
+			_, err = c.Observe(ctx5(t), "/v1/state/desired", func(Notification) {})
+			must(t, err)
 			must(t, f.srv.Close())
 			must(t, f.srv.Close()) // idempotent
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -423,9 +429,15 @@ func TestClientCloseFirstNoLeaks(t *testing.T) {
 		t.Run(scheme, func(t *testing.T) {
 			before := runtime.NumGoroutine()
 			f := newFixture(t, scheme, ServerConfig{})
+			must(t, f.srv.Handle(Resource{Path: "/v1/state/desired", Observable: true,
+				Handler: func(context.Context, *Request) (any, error) { return desired{}, nil }}))
 			c, err := Dial(ctx5(t), f.url, f.config(t, true))
 			must(t, err)
 			must(t, c.Post(ctx5(t), "/v1/telemetry", []reading{{"p", 1}}, nil))
+			// An observation has a goroutine of its own, and the
+			// client's keeper reconnects while there is one.
+			_, err = c.Observe(ctx5(t), "/v1/state/desired", func(Notification) {})
+			must(t, err)
 			must(t, c.Close())
 			must(t, f.srv.Close())
 			waitGoroutines(t, before)

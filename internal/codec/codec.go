@@ -155,6 +155,20 @@ var defaultDecoder = func() *Decoder {
 // take their defaults. It fails only if a limit is out of its documented
 // range.
 func NewDecoder(l Limits) (*Decoder, error) {
+	return newDecoder(l, cbor.ExtraDecErrorUnknownField)
+}
+
+// NewTolerantDecoder returns a Decoder with the limits l that is strict in
+// every way but one: a map key that names no field of the target struct
+// is skipped instead of refused (it is still checked for well-formedness,
+// duplicates and the limits). It is for what a newer peer may extend,
+// such as responses and notifications from a cloud that added a field;
+// requests, and everything that is signed or hashed, use [NewDecoder].
+func NewTolerantDecoder(l Limits) (*Decoder, error) {
+	return newDecoder(l, cbor.ExtraDecErrorNone)
+}
+
+func newDecoder(l Limits, extra cbor.ExtraDecErrorCond) (*Decoder, error) {
 	l = l.withDefaults()
 	if err := l.check(); err != nil {
 		return nil, err
@@ -166,7 +180,7 @@ func NewDecoder(l Limits) (*Decoder, error) {
 		MaxNestedLevels:   l.MaxDepth,
 		MaxArrayElements:  l.MaxArray,
 		MaxMapPairs:       l.MaxMap,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+		ExtraReturnErrors: extra,
 		FieldNameMatching: cbor.FieldNameMatchingCaseSensitive,
 		UTF8:              cbor.UTF8RejectInvalid,
 	}.DecMode()
@@ -192,7 +206,8 @@ func (d *Decoder) Limits() Limits {
 // struct are errors.
 //
 // Every error is a *[DecodeError] whose Kind is one of the package's
-// sentinel errors, so callers test it with errors.Is. A v that is not a
+// sentinel errors, so callers test it with errors.Is, and whose Field names
+// the struct field whose value did not fit, when there is one. A v that is not a
 // non-nil pointer gives ErrType. On error, v may have been partly written:
 // discard it.
 func (d *Decoder) Unmarshal(data []byte, v any) error {
@@ -203,7 +218,7 @@ func (d *Decoder) Unmarshal(data []byte, v any) error {
 		return &DecodeError{Kind: ErrTooLarge}
 	}
 	if err := d.mode.Unmarshal(data, v); err != nil {
-		return &DecodeError{Kind: d.kind(data, err), Err: err}
+		return &DecodeError{Kind: d.kind(data, err), Field: field(err), Err: err}
 	}
 	return nil
 }

@@ -548,3 +548,80 @@ func BenchmarkUnmarshal(b *testing.B) {
 		}
 	})
 }
+
+func TestTolerantDecoder(t *testing.T) {
+	d, err := codec.NewTolerantDecoder(codec.Limits{MaxBody: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Limits().MaxBody; got != 64 {
+		t.Fatalf("MaxBody %d, want 64", got)
+	}
+	type older struct {
+		Stream string `cbor:"s"`
+	}
+	newer, err := codec.Marshal(map[string]any{"s": "power", "added": 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v older
+	if err := d.Unmarshal(newer, &v); err != nil || v.Stream != "power" {
+		t.Fatalf("tolerant decode of a newer value = %+v, %v", v, err)
+	}
+	// The strict decoder still refuses the unknown key.
+	checkKind(t, codec.Unmarshal(newer, &older{}), codec.ErrType)
+	// Everything else stays strict.
+	for name, c := range map[string]struct {
+		in   string
+		kind error
+	}{
+		"duplicate unknown key": {"a3 61 73 61 78 61 61 01 61 61 02", codec.ErrDuplicateKey},
+		"tag":                   {"a1 61 73 c1 01", codec.ErrTag},
+		"indefinite":            {"bf 61 73 61 78 ff", codec.ErrIndefiniteLength},
+		"trailing bytes":        {"a1 61 73 61 78 00", codec.ErrMalformed},
+		"wrong type":            {"a1 61 73 01", codec.ErrType},
+	} {
+		t.Run(name, func(t *testing.T) {
+			checkKind(t, d.Unmarshal(unhex(c.in), &older{}), c.kind)
+		})
+	}
+	checkKind(t, d.Unmarshal(make([]byte, 65), &older{}), codec.ErrTooLarge)
+	if _, err := codec.NewTolerantDecoder(codec.Limits{MaxDepth: 1}); err == nil {
+		t.Fatal("invalid limits accepted")
+	}
+}
+
+func TestDecodeErrorField(t *testing.T) {
+	type inner struct {
+		Value float64 `cbor:"v"`
+	}
+	type outer struct {
+		Name  string  `cbor:"name"`
+		Items []inner `cbor:"items"`
+	}
+	for _, c := range []struct {
+		in    any
+		field string
+	}{
+		{map[string]any{"name": 1}, "name"},
+		{map[string]any{"items": []any{map[string]any{"v": "x"}}}, "items"},
+		{[]int{1}, ""},
+	} {
+		b, err := codec.Marshal(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v outer
+		err = codec.Unmarshal(b, &v)
+		var de *codec.DecodeError
+		if !errors.As(err, &de) || de.Field != c.field {
+			t.Errorf("Unmarshal(%v): %#v, want Field %q", c.in, err, c.field)
+		}
+	}
+	// A field name alone is not input data: the message stays fixed.
+	var v struct {
+		N int `cbor:"n"`
+	}
+	err := codec.Unmarshal(unhex("a1 61 6e 61 78"), &v)
+	checkKind(t, err, codec.ErrType)
+}

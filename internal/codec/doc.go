@@ -40,6 +40,13 @@
 //     that no manifest declared and hide a peer's bug; a new field belongs
 //     to a new schema version. Struct field names match case-sensitively.
 //
+// One relaxation exists, for what a newer peer may extend: a decoder from
+// [NewTolerantDecoder] skips map keys that name no field (still checking
+// them against every rule above). Clients use it for responses and
+// notifications, so that the cloud can add a field without breaking the
+// devices already deployed; requests, and everything signed or hashed,
+// are decoded strictly.
+//
 // Counts are checked on the item heads before anything is allocated, and
 // no string can be longer than the body that holds it, so the limits bound
 // the memory one input may take.
@@ -48,7 +55,8 @@
 // ([ErrTooLarge], [ErrMalformed], [ErrDuplicateKey], [ErrIndefiniteLength],
 // [ErrTag], [ErrTooDeep], [ErrTooMany], [ErrType]); test with errors.Is,
 // never by the text. The text is short and fixed, fit for a CoAP 4.00
-// (4.13 for ErrTooLarge) diagnostic payload.
+// (4.13 for ErrTooLarge) diagnostic payload. Its Field names the struct
+// field whose value did not fit, when one did not.
 //
 // # Limits
 //

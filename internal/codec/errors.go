@@ -3,6 +3,7 @@ package codec
 import (
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -58,6 +59,12 @@ var (
 type DecodeError struct {
 	// Kind is one of the package's sentinel errors (ErrTooLarge, ...).
 	Kind error
+
+	// Field is the map key of the struct field whose value did not fit
+	// its Go type (Kind ErrType), such as "value"; the outermost one
+	// when structs nest. It is a name from the schema, not from the
+	// input, and is empty when no one field is to blame.
+	Field string
 
 	// Err is the CBOR library's error, nil for ErrTooLarge. Its text may
 	// quote the input and name Go types: log it, do not send it.
@@ -122,4 +129,15 @@ func (d *Decoder) kind(data []byte, err error) error {
 		return ErrMalformed
 	}
 	return ErrType
+}
+
+// field returns the map key of the struct field that a type error names:
+// the library writes it as the Go type, a dot and the key.
+func field(err error) string {
+	var typ *cbor.UnmarshalTypeError
+	if !errors.As(err, &typ) || typ.StructFieldName == "" {
+		return ""
+	}
+	name := typ.StructFieldName
+	return name[strings.LastIndexByte(name, '.')+1:]
 }

@@ -27,7 +27,25 @@ type fuzzBatch struct {
 	Readings []fuzzReading `cbor:"3,keyasint"`
 }
 
-// FuzzUnmarshal checks that the strict decoder never panics, that every
+// tolerant is the decoder for responses and notifications.
+var tolerant = func() *codec.Decoder {
+	d, err := codec.NewTolerantDecoder(codec.Limits{})
+	if err != nil {
+		panic(err)
+	}
+	return d
+}()
+
+// errKind returns the Kind of a *DecodeError.
+func errKind(err error) error {
+	var de *codec.DecodeError
+	if errors.As(err, &de) {
+		return de.Kind
+	}
+	return nil
+}
+
+// FuzzUnmarshal checks that the strict decoder (and the tolerant one) never panics, that every
 // error is a *DecodeError of exactly one kind, that nothing accepted has
 // an indefinite length or a tag, and that what is accepted re-encodes to
 // bytes that decode to an equal value and re-encode identically.
@@ -84,6 +102,20 @@ func FuzzUnmarshal(f *testing.F) {
 		var b fuzzBatch
 		err = codec.Unmarshal(data, &b)
 		checkFuzzErr(t, err)
+		// The tolerant decoder accepts all the strict one does, into the
+		// same value, and refuses nothing else but for another reason
+		// than a key that names no field.
+		var tb fuzzBatch
+		terr := tolerant.Unmarshal(data, &tb)
+		checkFuzzErr(t, terr)
+		switch {
+		case err == nil && terr != nil:
+			t.Fatalf("tolerant decoder refuses what the strict one accepts: %v", terr)
+		case err == nil && !reflect.DeepEqual(b, tb) && !hasNaNValue(b):
+			t.Fatalf("tolerant decoder gave %+v, strict %+v", tb, b)
+		case err != nil && terr != nil && !errors.Is(err, codec.ErrType) && !errors.Is(terr, errKind(err)):
+			t.Fatalf("strict decoder: %v; tolerant: %v", err, terr)
+		}
 		if err == nil {
 			checkAcceptable(t, data, scan, scanErr)
 			enc, err := codec.Marshal(b)

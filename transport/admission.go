@@ -44,7 +44,12 @@ func prefixOf(a net.Addr) netip.Prefix {
 			return netip.Prefix{}
 		}
 	}
-	ip := ap.Addr().Unmap()
+	return addrPrefix(ap.Addr())
+}
+
+// addrPrefix returns the source network of ip: its IPv4 /24 or IPv6 /56.
+func addrPrefix(ip netip.Addr) netip.Prefix {
+	ip = ip.Unmap()
 	bits := 24
 	if ip.Is6() {
 		bits = 56

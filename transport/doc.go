@@ -139,6 +139,15 @@
 // [ServerConfig.TokensOverUDP] is set; over coap+tcp:// it binds to the
 // TCP connection.
 //
+// A coaps:// handshake takes nothing that counts until the client echoes
+// its DTLS cookie, which a spoofed source never receives: only then a
+// handshake slot ([ServerConfig.MaxHandshakes]), a connection slot and a
+// token of [ServerConfig.HandshakeRate]. Before, it is one of
+// [ServerConfig.MaxCookieWaits] handshakes waiting for their cookie; one
+// source prefix holds at most an eighth of either, and a new first
+// ClientHello drops its own prefix's oldest waiting handshake when that
+// share is full, else the oldest of all when they are all taken.
+//
 // Observe registrations are capped per connection
 // ([ServerConfig.MaxObservations]) and indexed by connection and token;
 // over UDP and DTLS every eighth notification (or the first after 30 s)
@@ -156,4 +165,13 @@
 // to answer retransmissions; a device that reuses message IDs sooner (a
 // reboot that resets its counter on the same address and port) can get a
 // stale answer. Batch readings rather than sending many small requests.
+//
+// pion/dtls keeps each DTLS cookie in the state of its own connection, so
+// the cookie exchange is not stateless as RFC 6347 section 4.2.1
+// recommends (dtlslisten.go says why it cannot be made so from outside).
+// Under a spoofed flood of first ClientHellos from many networks, R a
+// second, a device has about MaxCookieWaits/R seconds to echo its cookie
+// (0.4 s at the default and 5,000 a second) before its handshake is
+// dropped as the oldest; past that it is served once the flood slows. A
+// flood from few networks only churns their own eighths.
 package transport

@@ -32,25 +32,47 @@ import (
 //
 // A DTLS server answers a first ClientHello with a HelloVerifyRequest
 // carrying a cookie, and does the expensive work only for a ClientHello
-// that echoes it: a spoofed source never receives the cookie. pion/dtls
-// (v3.1.15) keeps that cookie in per-connection state, a random value drawn
-// when the connection's handshake starts (flight0Generate), and its server
-// connection must be given the client's first ClientHello (message_seq 0)
-// before the one that echoes the cookie (message_seq 1) — both are in the
-// handshake transcript, so they cannot be rewritten on the way. The
-// exchange therefore cannot be made stateless from outside pion (RFC 6347
-// section 4.2.1 recommends a stateless cookie); what this listener does
-// instead is keep the state before it small, few and short-lived, and
-// spend nothing that costs until the cookie comes back:
+// that echoes it: a spoofed source never receives the cookie. RFC 6347
+// section 4.2.1 recommends a stateless cookie, computed from the client's
+// address and ClientHello. This listener cannot issue one in front of
+// pion/dtls (v3.1.15) and hand pion the ClientHello that echoes it:
+//
+//   - pion's server takes only a ClientHello with message_seq 0 as the
+//     first message of a handshake (flight0Parse; its fragment buffer
+//     hands messages on in message_seq order from 0), while a client that
+//     has had a HelloVerifyRequest sends the ClientHello that echoes the
+//     cookie with message_seq 1 and expects the ServerHello at 1.
+//   - With InsecureSkipVerifyHello pion skips its own cookie round but
+//     still waits for message_seq 0, and answers a ClientHello with a
+//     ServerHello at message_seq 0, which such a client drops as already
+//     seen.
+//   - Without it, pion checks the echoed cookie against the one it drew
+//     itself (crypto/rand, in flight0Generate); nothing configures it.
+//   - Rewriting message_seq or the cookie on the way does not help: both
+//     are in the handshake transcript, which the Finished messages (sent
+//     encrypted) and the extended master secret are computed over, so the
+//     two ends would disagree.
+//
+// TestDTLSPionCookieState checks the first two against the pion in use.
+// So the cookie is pion's, drawn per connection, and the listener keeps
+// the state before it small, bounded per network and short-lived, and
+// spends nothing that costs until the cookie comes back:
 //
 //   - A first ClientHello (epoch 0, no cookie) from an unknown address
 //     gets a pion connection that sends the HelloVerifyRequest, and
 //     nothing else: no rate-limit token, no handshake slot, no session
 //     slot, no cryptography (pion generates keys only after the cookie).
-//     At most maxFresh of these wait at once; past that the oldest is
-//     dropped (a real device answers the cookie within a round trip, a
-//     spoofed one never does), and each lives at most the handshake
-//     timeout. No connection is made at all while the server is full.
+//     At most maxFresh of these wait at once, and those from one source
+//     prefix (an IPv4 /24, an IPv6 /56) at most 1/waitShare of them. A new
+//     one from a prefix whose share is full drops that prefix's oldest;
+//     otherwise, when all maxFresh wait, the oldest of all is dropped (a
+//     real device answers the cookie within a round trip, a spoofed one
+//     never does). A dropped one counts against its prefix until its
+//     goroutine has ended, and while a share of them are ending the
+//     prefix's new first ClientHellos are ignored (the client
+//     retransmits), so that one network cannot take every goroutine. Each
+//     lives at most the handshake timeout. No connection is made at all
+//     while the server is full.
 //   - The hook is a wrapper PacketConn under pion ([dtlsPeer]): on the way
 //     out it reads the cookie from pion's HelloVerifyRequest, on the way in
 //     it recognises the ClientHello that echoes that cookie. Only then,
@@ -60,11 +82,13 @@ import (
 //     for the session's life) and a handshake-rate token. If any is
 //     refused the datagram is dropped and the connection stays waiting for
 //     the cookie: the client retransmits it, and may get in then. A
-//     ClientHello with a wrong cookie is dropped before anything is spent.
+//     ClientHello with a wrong cookie, or with a cookie whose connection
+//     is gone, is dropped before anything is spent.
 //   - The handshake runs in the listener, one goroutine per connection
-//     (bounded by maxFresh plus the handshake slots), within the handshake
-//     timeout from the first ClientHello; only an established session is
-//     returned by AcceptWithContext.
+//     (bounded by maxFresh, a share more for dropped ones winding down,
+//     and the handshake slots), within the handshake timeout from the
+//     first ClientHello; only an established session is returned by
+//     AcceptWithContext.
 //   - A first ClientHello from the address of a live session (a device
 //     that restarted and kept its port) gets a connection of its own that
 //     leaves the session alone until the cookie comes back, then ends it
@@ -72,21 +96,27 @@ import (
 //
 // # Caveats
 //
-// Under a spoofed flood of R first ClientHellos a second, a device's
-// connection survives about maxFresh/R seconds before it is dropped as the
-// oldest: enough for a round trip on a LAN or the Internet at the default
-// 256 and tens of thousands of hellos a second, not for a slow cellular
-// link. A device whose cookie came back too late starts again when its
-// handshake times out. Only a stateless cookie, which pion does not offer,
-// would remove that window.
+// A connection waiting for its cookie costs about 35 KB and four
+// goroutines (ours, and pion's handshake, read and context loops),
+// measured with pion v3.1.15: 70 MB at the default MaxCookieWaits of
+// 2048. A spoofed flood from a few networks only churns their own shares,
+// and a device elsewhere waits for its cookie as long as it needs. A flood
+// from addresses spread over many networks, which a spoofer may choose
+// freely, churns the whole table: at R first ClientHellos a second a
+// device's connection is dropped as the oldest about maxFresh/R seconds
+// after its first ClientHello (0.4 s at the default and 5,000 a second),
+// and a device whose cookie comes back later starts again when its
+// handshake times out. Only a stateless cookie, which pion does not
+// accept, would remove that window.
 type dtlsListener struct {
 	cfg  dtlsListenConfig
 	sock *net.UDPConn
 
 	accepted chan *piondtls.Conn
 	// workers holds a token per handshake goroutine: at most maxFresh
-	// waiting for their cookie plus one per handshake slot, so a dropped
-	// connection still winding down cannot take a new one's place.
+	// waiting for their cookie, one per handshake slot, and a share of
+	// maxFresh for dropped connections still winding down; past that a
+	// first ClientHello is ignored (the client retransmits).
 	workers chan struct{}
 	done    chan struct{}
 	stop    sync.Once
@@ -100,9 +130,10 @@ type dtlsListener struct {
 	// back and it takes the address over (RFC 6347 section 4.2.8).
 	renew map[netip.AddrPort]*dtlsPeer
 	byCID map[dtlsCID]*dtlsPeer
-	// fresh lists the connections waiting for their cookie, oldest first.
-	fresh  peerList
-	nfresh int
+	// waiting lists the connections waiting for their cookie, oldest
+	// first; waitBy the same by source prefix.
+	waiting waitList
+	waitBy  map[netip.Prefix]*waitList
 }
 
 // dtlsListenConfig is what a dtlsListener takes from its server.
@@ -113,7 +144,8 @@ type dtlsListenConfig struct {
 	// timeout bounds a handshake, from the first ClientHello to the last
 	// message.
 	timeout time.Duration
-	// maxFresh caps connections waiting for their cookie.
+	// maxFresh caps connections waiting for their cookie, and
+	// maxFresh/waitShare those from one source prefix.
 	maxFresh int
 	// slots caps handshakes past the cookie, shared with TLS.
 	slots *handshakeSlots
@@ -123,6 +155,10 @@ type dtlsListenConfig struct {
 	rate *limiter
 	log  *slog.Logger
 }
+
+// waitShare: one source prefix may hold 1/waitShare of the connections
+// waiting for their cookie.
+const waitShare = 8
 
 // dtlsCIDLen is the length of the connection IDs the server issues; a fixed
 // length is what lets the listener find one in a datagram.
@@ -228,11 +264,13 @@ func listenDTLS(host string, cfg dtlsListenConfig) (*dtlsListener, error) {
 		cfg:      cfg,
 		sock:     sock,
 		accepted: make(chan *piondtls.Conn, dtlsAcceptQueue),
-		workers:  make(chan struct{}, cfg.maxFresh+cfg.slots.a.max),
+		workers:  make(chan struct{}, cfg.maxFresh+max(1, cfg.maxFresh/waitShare)+cfg.slots.a.max),
 		done:     make(chan struct{}),
 		byAddr:   make(map[netip.AddrPort]*dtlsPeer),
 		renew:    make(map[netip.AddrPort]*dtlsPeer),
 		byCID:    make(map[dtlsCID]*dtlsPeer),
+		waiting:  waitList{k: waitAll},
+		waitBy:   make(map[netip.Prefix]*waitList),
 	}
 	l.wg.Add(1)
 	go l.read()
@@ -386,8 +424,14 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 	if !renewing && l.cfg.adm.full() {
 		return nil // a renewal reuses its old session's slot
 	}
-	if l.nfresh >= l.cfg.maxFresh && l.fresh.head != nil {
-		l.evict(l.fresh.head)
+	prefix, share := addrPrefix(from.Addr()), max(1, l.cfg.maxFresh/waitShare)
+	switch own := l.waitBy[prefix]; {
+	case own != nil && own.ending >= share:
+		return nil // as many of its dropped ones still wind down: the client retransmits
+	case own != nil && own.n >= share:
+		l.evict(own.head) // the prefix's share is full: its own oldest goes
+	case l.waiting.n >= l.cfg.maxFresh && l.waiting.head != nil:
+		l.evict(l.waiting.head)
 	}
 	select {
 	case l.workers <- struct{}{}:
@@ -395,10 +439,11 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 		return nil // dropped ones still winding down: the client retransmits
 	}
 	p := &dtlsPeer{
-		l:     l,
-		addr:  from,
-		raddr: net.UDPAddrFromAddrPort(from),
-		sig:   make(chan struct{}, 1),
+		l:      l,
+		addr:   from,
+		raddr:  net.UDPAddrFromAddrPort(from),
+		prefix: prefix,
+		sig:    make(chan struct{}, 1),
 	}
 	if renewing {
 		p.renewing = true
@@ -406,8 +451,7 @@ func (l *dtlsListener) open(b []byte, from netip.AddrPort) *dtlsPeer {
 	} else {
 		l.byAddr[from] = p
 	}
-	l.fresh.push(p)
-	l.nfresh++
+	l.list(p)
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
 	l.wg.Add(1)
 	go l.handshake(ctx, cancel, p)
@@ -460,8 +504,7 @@ func (l *dtlsListener) pass(p *dtlsPeer, b []byte) bool {
 	p.release, p.leave = release, leave
 	p.cookie = nil
 	p.stage.Store(stageVerified)
-	l.fresh.remove(p)
-	l.nfresh--
+	l.unlist(p)
 	return true
 }
 
@@ -498,9 +541,60 @@ func (l *dtlsListener) forget(p *dtlsPeer) {
 			delete(l.byCID, c)
 		}
 	}
-	if p.listed {
-		l.fresh.remove(p)
-		l.nfresh--
+	l.unlist(p)
+}
+
+// list puts p on the lists of connections waiting for their cookie; l.mu
+// is held.
+func (l *dtlsListener) list(p *dtlsPeer) {
+	own := l.waitBy[p.prefix]
+	if own == nil {
+		own = &waitList{k: waitOwn}
+		l.waitBy[p.prefix] = own
+	}
+	l.waiting.push(p)
+	own.push(p)
+	p.listed = true
+}
+
+// unlist takes p off the lists of connections waiting for their cookie;
+// l.mu is held. It may be called more than once. Unless its cookie came
+// back, p counts against its prefix until its goroutine has ended
+// (exited), so that one network's dropped connections still winding down
+// cannot take every worker.
+func (l *dtlsListener) unlist(p *dtlsPeer) {
+	if !p.listed {
+		return
+	}
+	p.listed = false
+	l.waiting.remove(p)
+	own := l.waitBy[p.prefix]
+	own.remove(p)
+	if p.stage.Load() == stageFresh {
+		p.ending = true
+		own.ending++
+	}
+	l.tidy(p.prefix, own)
+}
+
+// exited is called as p's goroutine ends.
+func (l *dtlsListener) exited(p *dtlsPeer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unlist(p)
+	if p.ending {
+		p.ending = false
+		own := l.waitBy[p.prefix]
+		own.ending--
+		l.tidy(p.prefix, own)
+	}
+}
+
+// tidy forgets a prefix that has nothing waiting and nothing winding
+// down; l.mu is held.
+func (l *dtlsListener) tidy(prefix netip.Prefix, own *waitList) {
+	if own.n == 0 && own.ending == 0 {
+		delete(l.waitBy, prefix)
 	}
 }
 
@@ -522,6 +616,7 @@ func (l *dtlsListener) leaveAddr(p *dtlsPeer) {
 func (l *dtlsListener) handshake(ctx context.Context, cancel context.CancelFunc, p *dtlsPeer) {
 	defer l.wg.Done()
 	defer func() { <-l.workers }()
+	defer l.exited(p)
 	defer cancel()
 	opts := append(l.cfg.opts[:len(l.cfg.opts):len(l.cfg.opts)], piondtls.WithConnectionIDGenerator(p.newCID))
 	dc, err := piondtls.ServerWithOptions(p, p.raddr, opts...)
@@ -560,18 +655,20 @@ type dtlsPeer struct {
 	l      *dtlsListener
 	addr   netip.AddrPort // the address it was opened from
 	raddr  *net.UDPAddr
+	prefix netip.Prefix // addr's source network
 	stage  atomic.Int32
 	closed atomic.Bool
 
 	// Guarded by l.mu.
-	cookie     []byte // pion's HelloVerifyRequest cookie, until echoed
-	cids       []dtlsCID
-	moved      bool // the address route was given up for a connection ID
-	renewing   bool // on l.renew
-	listed     bool // on l.fresh
-	prev, next *dtlsPeer
-	release    func() // handshake slot
-	leave      func() // session slot
+	cookie   []byte // pion's HelloVerifyRequest cookie, until echoed
+	cids     []dtlsCID
+	moved    bool // the address route was given up for a connection ID
+	renewing bool // on l.renew
+	listed   bool // on l.waiting and l.waitBy
+	ending   bool // dropped while waiting, its goroutine not yet ended
+	wait     [2]waitLink
+	release  func() // handshake slot
+	leave    func() // session slot
 
 	qmu      sync.Mutex
 	queue    []dtlsDatagram // datagrams for pion's reader; nil when empty
@@ -761,34 +858,53 @@ func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
 // SetWriteDeadline does nothing: a UDP write does not block.
 func (p *dtlsPeer) SetWriteDeadline(time.Time) error { return nil }
 
-// peerList is a doubly linked list of peers, oldest first.
-type peerList struct{ head, tail *dtlsPeer }
+// A waitList is a doubly linked list of connections waiting for their
+// cookie, oldest first: all of them, or those of one source prefix. A
+// connection is on both, through its links wait[waitAll] and
+// wait[waitOwn].
+type waitList struct {
+	head, tail *dtlsPeer
+	n          int
+	k          int // which of a connection's links this list uses
+	// ending counts a prefix's connections dropped while waiting whose
+	// goroutines have not yet ended.
+	ending int
+}
 
-func (q *peerList) push(p *dtlsPeer) {
-	p.prev, p.next, p.listed = q.tail, nil, true
+// The links of a dtlsPeer.
+const (
+	waitAll = iota // on dtlsListener.waiting
+	waitOwn        // on its prefix's list in dtlsListener.waitBy
+)
+
+type waitLink struct{ prev, next *dtlsPeer }
+
+func (q *waitList) push(p *dtlsPeer) {
+	p.wait[q.k] = waitLink{prev: q.tail}
 	if q.tail != nil {
-		q.tail.next = p
+		q.tail.wait[q.k].next = p
 	} else {
 		q.head = p
 	}
 	q.tail = p
+	q.n++
 }
 
-func (q *peerList) remove(p *dtlsPeer) {
-	if !p.listed {
-		return
-	}
-	if p.prev != nil {
-		p.prev.next = p.next
+// remove takes p, which is on q, off q.
+func (q *waitList) remove(p *dtlsPeer) {
+	ln := p.wait[q.k]
+	if ln.prev != nil {
+		ln.prev.wait[q.k].next = ln.next
 	} else {
-		q.head = p.next
+		q.head = ln.next
 	}
-	if p.next != nil {
-		p.next.prev = p.prev
+	if ln.next != nil {
+		ln.next.wait[q.k].prev = ln.prev
 	} else {
-		q.tail = p.prev
+		q.tail = ln.prev
 	}
-	p.prev, p.next, p.listed = nil, nil, false
+	p.wait[q.k] = waitLink{}
+	q.n--
 }
 
 // helloCookie looks in a datagram for the start of a ClientHello: a

@@ -275,25 +275,27 @@ func handshakeTokens(s *Server) float64 {
 }
 
 // TestHostileDTLSSpoofedHelloFlood floods the listener with first
-// ClientHellos from new source ports of 127.0.0.2, each socket closed as
+// ClientHellos from new source ports of 127.0.2.2, each socket closed as
 // soon as it has sent, so that no cookie ever comes back: a spoofed
 // flood. The documented answer: each gets a HelloVerifyRequest from a
 // connection that costs no handshake-rate token, no handshake slot and no
-// session slot; at most MaxHandshakes of those wait at once (the oldest is
-// dropped), and none outlives HandshakeTimeout. A device is served during
-// and after the flood with a handshake burst of 3, which the flood would
-// have spent at once had it cost tokens.
+// session slot; at most an eighth of MaxCookieWaits of those from one
+// network wait at once (its oldest is dropped), and none outlives
+// HandshakeTimeout. A device is served during and after the flood with a
+// handshake burst of 3, which the flood would have spent at once had it
+// cost tokens.
 //
-// Bounds: handshake goroutines ≤ 2·MaxHandshakes; all goroutines ≤
-// baseline + 4 per handshake goroutine + 128 (the test's own); heap
-// growth ≤ 64 KiB per handshake goroutine + 16 MiB; nothing left
-// HandshakeTimeout after.
+// Bounds: handshake goroutines ≤ MaxHandshakes + 2·MaxCookieWaits/8 for
+// each of the two networks sent from (the flood's, and the forged
+// cookies' below), waiting or winding down; all goroutines ≤ baseline + 4
+// per handshake goroutine + 128 (the test's own); heap growth ≤ 64 KiB
+// per handshake goroutine + 16 MiB; nothing left HandshakeTimeout after.
 func TestHostileDTLSSpoofedHelloFlood(t *testing.T) {
-	hello, rate, maxHS, timeout := 2000, 2000.0, 32, time.Second
+	hello, rate, maxHS, waits, timeout := 2000, 2000.0, 32, 256, time.Second
 	if hostileFull() {
-		hello, rate, maxHS, timeout = 100000, 20000, DefaultMaxHandshakes, DefaultHandshakeTimeout
+		hello, rate, maxHS, waits, timeout = 100000, 20000, DefaultMaxHandshakes, DefaultMaxCookieWaits, DefaultHandshakeTimeout
 	}
-	f := newFixture(t, "coaps", ServerConfig{MaxHandshakes: maxHS, HandshakeTimeout: timeout,
+	f := newFixture(t, "coaps", ServerConfig{MaxHandshakes: maxHS, MaxCookieWaits: waits, HandshakeTimeout: timeout,
 		HandshakeRate: RateLimit{PerSecond: 0.001, Burst: 3}})
 	server, err := net.ResolveUDPAddr("udp", strings.TrimPrefix(f.url, "coaps://"))
 	must(t, err)
@@ -306,7 +308,7 @@ func TestHostileDTLSSpoofedHelloFlood(t *testing.T) {
 	go func() {
 		defer ended.Store(true)
 		start := time.Now()
-		src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}
+		src := &net.UDPAddr{IP: net.IPv4(127, 0, 2, 2)}
 		// At least hello datagrams, and on until the device has been
 		// served (a loaded machine may be slow to serve it).
 		for i := 0; i < hello || (!served.Load() && i < 20*hello); i++ {
@@ -398,13 +400,14 @@ func TestHostileDTLSSpoofedHelloFlood(t *testing.T) {
 	}
 	t.Logf("peaks: %d handshake goroutines, %d goroutines (baseline %d), heap +%d KiB, %d slots",
 		p.halfOpen, p.goroutines, baseG, (p.heap-min(p.heap, baseHeap))>>10, p.slots)
-	if p.halfOpen > 2*maxHS {
-		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
+	hsBound := 2*2*waits/waitShare + maxHS
+	if p.halfOpen > hsBound {
+		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, hsBound)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
+	if bound := baseG + 4*hsBound + 128; p.goroutines > bound {
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
-	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {
+	if bound := baseHeap + uint64(hsBound)*64<<10 + 16<<20; p.heap > bound {
 		t.Errorf("heap peaked at %d KiB, bound %d KiB", p.heap>>10, bound>>10)
 	}
 	if p.slots > 1 {
@@ -505,16 +508,17 @@ func stallFrom(t *testing.T, server *net.UDPAddr, n int, addr func(i int) netip.
 // within two HandshakeTimeouts while many do; and after.
 //
 // Bounds: answered handshakes ≤ MaxHandshakes/8 from one /24 and ≤
-// MaxHandshakes in all; handshake goroutines ≤ 2·MaxHandshakes; all
-// goroutines ≤ baseline + 4 per handshake goroutine + 128 (the test's
-// own); heap growth ≤ 64 KiB per handshake goroutine + 16 MiB; no slot,
-// session slot or handshake goroutine left HandshakeTimeout after.
+// MaxHandshakes in all; handshake goroutines ≤ MaxCookieWaits +
+// MaxHandshakes; all goroutines ≤ baseline + 4 per handshake goroutine +
+// 128 (the test's own); heap growth ≤ 64 KiB per handshake goroutine + 16
+// MiB; no slot, session slot or handshake goroutine left HandshakeTimeout
+// after.
 func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
-	maxHS, timeout := 16, 3*time.Second
+	maxHS, waits, timeout := 16, 64, 3*time.Second
 	if hostileFull() {
-		maxHS, timeout = DefaultMaxHandshakes, DefaultHandshakeTimeout
+		maxHS, waits, timeout = DefaultMaxHandshakes, DefaultMaxCookieWaits, DefaultHandshakeTimeout
 	}
-	f := newFixture(t, "coaps", ServerConfig{MaxHandshakes: maxHS, HandshakeTimeout: timeout})
+	f := newFixture(t, "coaps", ServerConfig{MaxHandshakes: maxHS, MaxCookieWaits: waits, HandshakeTimeout: timeout})
 	server, err := net.ResolveUDPAddr("udp", strings.TrimPrefix(f.url, "coaps://"))
 	must(t, err)
 	baseG, baseHeap := runtime.NumGoroutine(), heapNow()
@@ -563,13 +567,14 @@ func TestHostileDTLSCookieAnsweringFlood(t *testing.T) {
 	if p.slots > maxHS {
 		t.Errorf("%d handshake slots held at once, cap %d", p.slots, maxHS)
 	}
-	if p.halfOpen > 2*maxHS {
-		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, 2*maxHS)
+	hsBound := waits + maxHS
+	if p.halfOpen > hsBound {
+		t.Errorf("%d handshake goroutines, bound %d", p.halfOpen, hsBound)
 	}
-	if bound := baseG + 4*2*maxHS + 128; p.goroutines > bound { // 64 of the 128: stallFrom
+	if bound := baseG + 4*hsBound + 128; p.goroutines > bound { // 64 of the 128: stallFrom
 		t.Errorf("%d goroutines, bound %d", p.goroutines, bound)
 	}
-	if bound := baseHeap + uint64(2*maxHS)*64<<10 + 16<<20; p.heap > bound {
+	if bound := baseHeap + uint64(hsBound)*64<<10 + 16<<20; p.heap > bound {
 		t.Errorf("heap peaked at %d KiB, bound %d KiB", p.heap>>10, bound>>10)
 	}
 }

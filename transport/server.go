@@ -59,6 +59,9 @@ const (
 	DefaultMaxConnectionsPerPrefix = 1024
 	// DefaultMaxHandshakes caps DTLS and TLS handshakes in progress.
 	DefaultMaxHandshakes = 256
+	// DefaultMaxCookieWaits caps DTLS handshakes waiting for their
+	// cookie: about 70 MB when all wait.
+	DefaultMaxCookieWaits = 2048
 	// DefaultHandshakeTimeout bounds one handshake.
 	DefaultHandshakeTimeout = 5 * time.Second
 	// DefaultMaxInFlightBytes bounds request bytes held at once: 64 MiB.
@@ -135,6 +138,14 @@ type ServerConfig struct {
 	// across listeners; past it new ones are dropped before any
 	// cryptography. Zero means DefaultMaxHandshakes.
 	MaxHandshakes int
+	// MaxCookieWaits caps the DTLS handshakes on each coaps:// listener
+	// that wait for the client to echo its cookie: a first ClientHello,
+	// which anyone can send from a spoofed address, costs one of them
+	// (about 35 KB and four goroutines) and nothing else. One source
+	// prefix may hold an eighth of them. When they are all taken a new one
+	// drops the oldest; see Caveats in the package documentation. Zero
+	// means DefaultMaxCookieWaits.
+	MaxCookieWaits int
 	// HandshakeTimeout bounds one DTLS or TLS handshake, from its first
 	// message to the last; on coap+tcp:// and coaps+tcp:// it is also the
 	// time a new connection has to send its first CoAP message (the CSM).
@@ -259,6 +270,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.MaxCookieWaits <= 0 {
+		cfg.MaxCookieWaits = DefaultMaxCookieWaits
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
@@ -404,7 +418,7 @@ func (s *Server) listen(u *url.URL) (string, error) {
 			return "", err
 		}
 		l, err := listenDTLS(u.Host, dtlsListenConfig{opts: opts, timeout: s.cfg.HandshakeTimeout,
-			maxFresh: s.cfg.MaxHandshakes, slots: s.slots, adm: s.adm, rate: s.hs, log: s.log})
+			maxFresh: s.cfg.MaxCookieWaits, slots: s.slots, adm: s.adm, rate: s.hs, log: s.log})
 		if err != nil {
 			return "", err
 		}

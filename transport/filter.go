@@ -67,13 +67,9 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 	case !isRequest:
 		return true // a response, or a code no peer should send us
 	}
-	dev := ss.get()
-	key := dev.String()
-	if dev.IsZero() {
-		// Before it authenticates a peer is its IP address, whatever its
-		// port: a new port is not a new allowance.
-		key = ipOf(cc.RemoteAddr())
-	}
+	// Before it authenticates a peer is its IP address, whatever its
+	// port: a new port is not a new allowance.
+	key, authenticated := ss.limitKey()
 	if !s.limiter.allow(key, now) {
 		// Over TCP nothing is cached and a dropped request would only
 		// hang the client: every request is answered.
@@ -104,7 +100,7 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 		s.mu.RLock()
 		rt := s.routes[path]
 		s.mu.RUnlock()
-		p := s.block1(ss, m, rt, !dev.IsZero(), tcp, now)
+		p := s.block1(ss, m, rt, authenticated, tcp, now)
 		if p.release == nil {
 			stripBlocks(m)
 		}

@@ -24,6 +24,7 @@ type session struct {
 
 	mu        sync.Mutex
 	device    identity.ID
+	key       string // the rate limiter's key; empty until first needed
 	leave     func() // gives back the admission slot; nil if none
 	transfers map[string]*transfer
 	handoffs  []*handoff // reassembled bodies not yet answered
@@ -46,6 +47,22 @@ func (ss *session) get() identity.ID {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.device
+}
+
+// limitKey returns the key the rate limiter counts the peer's requests
+// under: its device once authenticated, its IP address before. It is
+// worked out once per session and per authentication, not per request.
+func (ss *session) limitKey() (key string, authenticated bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.key == "" {
+		if ss.device.IsZero() {
+			ss.key = ipOf(ss.conn.RemoteAddr())
+		} else {
+			ss.key = ss.device.String()
+		}
+	}
+	return ss.key, !ss.device.IsZero()
 }
 
 func (ss *session) touch(now time.Time) { ss.lastSeen.Store(now.UnixNano()) }

@@ -669,6 +669,7 @@ func (s *Server) bind(ss *session, id identity.ID) {
 	}
 	old := ss.device
 	ss.device = id
+	ss.key = "" // from now on the device's
 	if !old.IsZero() && old != id {
 		s.devs.remove(old, ss)
 	}

@@ -208,34 +208,13 @@ func (p *peaks) done() *peaks {
 	return p
 }
 
-func heapNow() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
+func heapNow() uint64 { return heapLive() }
 
-// legitPost dials as the fixture's device (PSK) and posts a reading,
+// dtlsLegitPost dials as the fixture's device (PSK) and posts a reading,
 // within timeout.
 func dtlsLegitPost(t *testing.T, f *fixture, timeout time.Duration) error {
 	t.Helper()
-	cfg := f.config(t, true)
-	cfg.Retry.Attempts = 1
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := Dial(ctx, f.url, cfg)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	var a ack
-	if err := c.Post(ctx, "/v1/telemetry", []reading{{"p", 1}}, &a); err != nil {
-		return err
-	}
-	if a.Device != f.dev.String() {
-		return fmt.Errorf("served as %q", a.Device)
-	}
-	return nil
+	return dtlsLegitPostTo(t, f, f.url, timeout)
 }
 
 // legitPostWithin retries legitPost, each try within try, until one

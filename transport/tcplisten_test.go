@@ -60,14 +60,6 @@ func dialerFrom(ip string) *net.Dialer {
 	return &net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 }
 
-// heapInuse returns the heap in use after a collection.
-func heapInuse() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
-}
-
 const mib = 1 << 20
 
 // eventually retries fn until it succeeds or d has passed.
@@ -243,14 +235,14 @@ func TestHostileTCPSilentTLS(t *testing.T) {
 		// (TestHostileTCPHandshakeRate).
 		HandshakeRate: RateLimit{PerSecond: 1e5, Burst: 1e5},
 	})
-	heap0 := heapInuse()
+	heap0 := heapInUse()
 	before := runtime.NumGoroutine()
 	start := time.Now()
 	fl := silentFlood(attackerIP, hostPort(t, f.url), attack, timeout+3*time.Second)
 	sm := sample(f.srv, fl, before)
 	fl.dialed.Wait()
 	dialing := time.Since(start)
-	growth := int64(heapInuse()) - int64(heap0)
+	growth := int64(heapInUse()) - int64(heap0)
 	legitPost(t, f, timeout, "during")
 	fl.wg.Wait()
 	sm.end()
@@ -291,14 +283,14 @@ func TestHostileTCPSilentPlain(t *testing.T) {
 	f := newFixture(t, "coap+tcp", ServerConfig{
 		MaxConnections: maxConns, MaxConnectionsPerPrefix: perPrefix, HandshakeTimeout: timeout,
 	})
-	heap0 := heapInuse()
+	heap0 := heapInUse()
 	before := runtime.NumGoroutine()
 	start := time.Now()
 	fl := silentFlood(attackerIP, hostPort(t, f.url), attack, timeout+3*time.Second)
 	sm := sample(f.srv, fl, before)
 	fl.dialed.Wait()
 	dialing := time.Since(start)
-	growth := int64(heapInuse()) - int64(heap0)
+	growth := int64(heapInUse()) - int64(heap0)
 	legitPost(t, f, timeout, "during")
 	fl.wg.Wait()
 	sm.end()
@@ -602,10 +594,10 @@ func TestHostileTCPInFlightBudget(t *testing.T) {
 			}
 			return tc, nil
 		}
-		heap0 := heapInuse()
+		heap0 := heapInUse()
 		closeAll := slowUploads(t, dial, attack, claim, burst)
 		time.Sleep(300 * time.Millisecond) // let the server read what it will
-		growth := int64(heapInuse()) - int64(heap0)
+		growth := int64(heapInUse()) - int64(heap0)
 		return f, growth, closeAll
 	}
 	for _, scheme := range []string{"coap+tcp", "coaps+tcp"} {
@@ -1059,7 +1051,7 @@ func BenchmarkTCPConnNew(b *testing.B) {
 func BenchmarkTCPConnHeld(b *testing.B) {
 	f := newFixture(b, "coap+tcp", ServerConfig{})
 	addr := hostPort(b, f.url)
-	heap0, g0 := heapInuse(), runtime.NumGoroutine()
+	heap0, g0 := heapInUse(), runtime.NumGoroutine()
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -1083,7 +1075,7 @@ func BenchmarkTCPConnHeld(b *testing.B) {
 	for f.srv.adm.live() < b.N {
 		time.Sleep(time.Millisecond)
 	}
-	b.ReportMetric(float64(int64(heapInuse())-int64(heap0))/float64(b.N), "heap-B/conn")
+	b.ReportMetric(float64(int64(heapInUse())-int64(heap0))/float64(b.N), "heap-B/conn")
 	b.ReportMetric(float64(runtime.NumGoroutine()-g0)/float64(b.N), "goroutines/conn")
 }
 

@@ -928,7 +928,10 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) reply {
 			return errorReply(Errorf(UnsupportedFormat, "content-format %d not accepted", format))
 		}
 	}
-	queries, _ := r.Queries()
+	var queries []string
+	if r.HasOption(message.URIQuery) {
+		queries, _ = r.Queries()
+	}
 	req := &Request{Method: method, Path: path, Query: queries, Format: format, Body: body, Device: dev, dec: rt.dec}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
@@ -1061,12 +1064,10 @@ func readBody(r *mux.Message, max int) ([]byte, *Error) {
 	if _, err := body.Seek(0, io.SeekStart); err != nil {
 		return nil, Errorf(BadRequest, "unreadable body")
 	}
-	b, err := io.ReadAll(io.LimitReader(body, int64(max)+1))
-	if err != nil {
+	// The size is known and within max: one allocation of exactly it.
+	b := make([]byte, size)
+	if _, err := io.ReadFull(body, b); err != nil {
 		return nil, Errorf(BadRequest, "unreadable body")
-	}
-	if len(b) > max {
-		return nil, Errorf(RequestEntityTooLarge, "body over %d bytes", max)
 	}
 	return b, nil
 }

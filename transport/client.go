@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -688,7 +689,7 @@ type result struct {
 // exchange sends one request on conn and returns the 2.xx response. setup,
 // when set, adjusts the request before it goes.
 func (c *Client) exchange(ctx context.Context, conn mux.Conn, m Method, path string, format Format, body []byte, setup func(*pool.Message)) (result, error) {
-	op := m.String() + " " + path
+	op := func() string { return m.String() + " " + path } // for errors only
 	var req *pool.Message
 	var err error
 	switch m {
@@ -704,7 +705,7 @@ func (c *Client) exchange(ctx context.Context, conn mux.Conn, m Method, path str
 		return result{}, fmt.Errorf("transport: unsupported method %v", m)
 	}
 	if err != nil {
-		return result{}, fmt.Errorf("transport: %s: %w", op, err)
+		return result{}, fmt.Errorf("transport: %s: %w", op(), err)
 	}
 	defer conn.ReleaseMessage(req)
 	if (m == GET || m == DELETE) && len(body) > 0 {
@@ -714,8 +715,9 @@ func (c *Client) exchange(ctx context.Context, conn mux.Conn, m Method, path str
 	if setup != nil {
 		setup(req)
 	}
-	if len(body) > 0 {
-		// Only a request with a body may be answered 2.31 Continue.
+	if len(body) > 0 && (c.url.Scheme == "coap" || c.url.Scheme == "coaps") {
+		// Only a request with a body may be answered 2.31 Continue (the
+		// client's filter, over UDP and DTLS).
 		key := string(req.Token())
 		c.mu.Lock()
 		c.uploads[key] = struct{}{}
@@ -731,17 +733,17 @@ func (c *Client) exchange(ctx context.Context, conn mux.Conn, m Method, path str
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = errNoResponse
 		}
-		return result{}, &connError{op: op, err: err}
+		return result{}, &connError{op: op(), err: err}
 	}
 	defer conn.ReleaseMessage(resp)
 	b, err := readAll(resp)
 	if err != nil {
-		return result{}, fmt.Errorf("transport: %s: reading the response: %w", op, err)
+		return result{}, fmt.Errorf("transport: %s: reading the response: %w", op(), err)
 	}
 	code := Code(resp.Code())
 	switch {
 	case code == 0:
-		return result{}, fmt.Errorf("%w: %s", ErrReset, op)
+		return result{}, fmt.Errorf("%w: %s", ErrReset, op())
 	case !code.IsSuccess():
 		return result{}, responseError(code, resp, b)
 	}
@@ -841,6 +843,11 @@ func readAll(m *pool.Message) ([]byte, error) {
 	}
 	if _, err := m.Body().Seek(0, io.SeekStart); err != nil {
 		return nil, err
+	}
+	if n, err := m.BodySize(); err == nil && n >= 0 && n <= math.MaxInt32 {
+		b := make([]byte, n) // one allocation of the known size
+		_, err := io.ReadFull(m.Body(), b)
+		return b, err
 	}
 	return io.ReadAll(m.Body())
 }

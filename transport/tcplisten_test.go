@@ -235,37 +235,7 @@ func TestHostileTCPSilentTLS(t *testing.T) {
 		// (TestHostileTCPHandshakeRate).
 		HandshakeRate: RateLimit{PerSecond: 1e5, Burst: 1e5},
 	})
-	heap0 := heapInUse()
-	before := runtime.NumGoroutine()
-	start := time.Now()
-	fl := silentFlood(attackerIP, hostPort(t, f.url), attack, timeout+3*time.Second)
-	sm := sample(f.srv, fl, before)
-	fl.dialed.Wait()
-	dialing := time.Since(start)
-	growth := int64(heapInUse()) - int64(heap0)
-	legitPost(t, f, timeout, "during")
-	fl.wg.Wait()
-	sm.end()
-	legitPost(t, f, time.Second, "after")
-
-	lived := fl.lifetimes()
-	long := atLeast(lived, timeout*3/4)
-	t.Logf("%d silent TLS sockets dialed in %v: %d held about HandshakeTimeout, %d reset (median %v after the dial), "+
-		"%d never closed, %d dials failed; peak %d admitted, %d server goroutines, heap +%.1f MiB",
-		attack, dialing.Round(time.Millisecond), long, len(lived)-long, lived[(len(lived)-long)/2].Round(time.Millisecond),
-		fl.survived, fl.failed, sm.maxLive.Load(), sm.maxGo.Load(), float64(growth)/mib)
-	checkHeld(t, fl, lived, long, timeout, min(attack, perPrefix), perPrefix*(1+int(dialing/timeout)))
-	// The device's own connections (at most two at a time) share the cap.
-	if got := sm.maxLive.Load(); got > int64(min(maxConns, perPrefix+2)) {
-		t.Errorf("%d connections admitted at once, over the caps (%d, %d per prefix)", got, maxConns, perPrefix)
-	}
-	if g := sm.maxGo.Load(); g > int64(perPrefix+32) {
-		t.Errorf("%d server goroutines during the flood, want at most %d", g, perPrefix+32)
-	}
-	if growth > int64(attack)*16<<10 {
-		t.Errorf("heap grew %.1f MiB for %d sockets, want at most 16 KiB each", float64(growth)/mib, attack)
-	}
-	waitGoroutines(t, before)
+	checkSilentFlood(t, f, attack, perPrefix, maxConns, timeout, "TLS", "HandshakeTimeout", 1)
 }
 
 // TestHostileTCPSilentPlain: plain coap+tcp:// connections that send no
@@ -283,6 +253,19 @@ func TestHostileTCPSilentPlain(t *testing.T) {
 	f := newFixture(t, "coap+tcp", ServerConfig{
 		MaxConnections: maxConns, MaxConnectionsPerPrefix: perPrefix, HandshakeTimeout: timeout,
 	})
+	checkSilentFlood(t, f, attack, perPrefix, maxConns, timeout, "TCP", "the first-message deadline", 3)
+}
+
+// checkSilentFlood opens attack silent sockets from attackerIP to f and
+// checks them against the caps: those admitted (perPrefix at most) are
+// held about timeout and closed, the rest reset at once; admitted
+// connections never pass the caps (the device's own, at most two at a
+// time, share them); the device is served during and after; server
+// goroutines stay within goPerConn per admitted connection + 32 and the
+// heap within 16 KiB per socket. kind and held name the sockets and the
+// deadline in the log.
+func checkSilentFlood(t *testing.T, f *fixture, attack, perPrefix, maxConns int, timeout time.Duration, kind, held string, goPerConn int) {
+	t.Helper()
 	heap0 := heapInUse()
 	before := runtime.NumGoroutine()
 	start := time.Now()
@@ -298,16 +281,16 @@ func TestHostileTCPSilentPlain(t *testing.T) {
 
 	lived := fl.lifetimes()
 	long := atLeast(lived, timeout*3/4)
-	t.Logf("%d silent TCP sockets dialed in %v: %d held about the first-message deadline, %d reset (median %v after the dial), "+
+	t.Logf("%d silent %s sockets dialed in %v: %d held about %s, %d reset (median %v after the dial), "+
 		"%d never closed, %d dials failed; peak %d admitted, %d server goroutines, heap +%.1f MiB",
-		attack, dialing.Round(time.Millisecond), long, len(lived)-long, lived[(len(lived)-long)/2].Round(time.Millisecond),
+		attack, kind, dialing.Round(time.Millisecond), long, held, len(lived)-long, lived[(len(lived)-long)/2].Round(time.Millisecond),
 		fl.survived, fl.failed, sm.maxLive.Load(), sm.maxGo.Load(), float64(growth)/mib)
 	checkHeld(t, fl, lived, long, timeout, min(attack, perPrefix), perPrefix*(1+int(dialing/timeout)))
 	if got := sm.maxLive.Load(); got > int64(min(maxConns, perPrefix+2)) {
 		t.Errorf("%d connections admitted at once, over the caps (%d, %d per prefix)", got, maxConns, perPrefix)
 	}
-	if g := sm.maxGo.Load(); g > int64(3*perPrefix+32) {
-		t.Errorf("%d server goroutines during the flood, want at most %d", g, 3*perPrefix+32)
+	if g, bound := sm.maxGo.Load(), int64(goPerConn*perPrefix+32); g > bound {
+		t.Errorf("%d server goroutines during the flood, want at most %d", g, bound)
 	}
 	if growth > int64(attack)*16<<10 {
 		t.Errorf("heap grew %.1f MiB for %d sockets, want at most 16 KiB each", float64(growth)/mib, attack)

@@ -1,11 +1,10 @@
 package consent
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
-	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
@@ -25,76 +24,6 @@ var recordDecoder = func() *codec.Decoder {
 	}
 	return d
 }()
-
-// A Role says whose key signed a record.
-type Role uint8
-
-// Signer roles.
-const (
-	// SubjectKey is a key of the subject's own app.
-	SubjectKey Role = 1
-	// DeviceKey is the key of a device on which the subject gave consent.
-	DeviceKey Role = 2
-	// ControllerKey is a key of the controller (the product company).
-	ControllerKey Role = 3
-)
-
-// A TrustedKey is a public key allowed to sign records.
-type TrustedKey struct {
-	// KID is the key ID carried in the record's protected header.
-	KID []byte
-	// Key is an ECDSA P-256 or Ed25519 public key.
-	Key crypto.PublicKey
-	// Role says whose key it is.
-	Role Role
-	// Subject is the subject whose app or device holds the key; empty for
-	// controller keys.
-	Subject string
-	// Controller is, for a controller key, the controller it speaks for;
-	// empty means any.
-	Controller string
-}
-
-// A KeySet holds the keys trusted to sign records. It is safe for
-// concurrent use.
-type KeySet struct {
-	mu   sync.RWMutex
-	keys map[string]TrustedKey
-}
-
-// Add trusts k. A key ID may be added once.
-func (s *KeySet) Add(k TrustedKey) error {
-	if len(k.KID) == 0 {
-		return errors.New("consent: trusted key without a key ID")
-	}
-	if _, err := identity.TypeOf(k.Key); err != nil {
-		return err
-	}
-	if k.Role == 0 || k.Role > ControllerKey || (k.Role != ControllerKey && k.Subject == "") {
-		return errors.New("consent: trusted key needs a role, and a subject unless it is the controller's")
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.keys == nil {
-		s.keys = make(map[string]TrustedKey)
-	}
-	if _, dup := s.keys[string(k.KID)]; dup {
-		return fmt.Errorf("consent: key ID %x already trusted", k.KID)
-	}
-	s.keys[string(k.KID)] = k
-	return nil
-}
-
-// Lookup returns the trusted key with key ID kid, or ErrUnknownKey.
-func (s *KeySet) Lookup(kid []byte) (TrustedKey, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	k, ok := s.keys[string(kid)]
-	if !ok {
-		return TrustedKey{}, fmt.Errorf("%w: %x", ErrUnknownKey, kid)
-	}
-	return k, nil
-}
 
 // algorithmFor pins the COSE algorithm to a key's type.
 func algorithmFor(pub crypto.PublicKey) (cose.Algorithm, error) {
@@ -143,10 +72,11 @@ func SignPayload(payload []byte, signer crypto.Signer, kid []byte) ([]byte, erro
 }
 
 // VerifyPayload checks a COSE_Sign1 message made by SignPayload against
-// the trusted keys and returns its payload and the key that signed it,
-// with the same errors as Verify.
-func (s *KeySet) VerifyPayload(msg []byte) ([]byte, TrustedKey, error) {
-	return verifySign1(msg, nil, s.Lookup, payloadDecoder)
+// the keys and returns its payload and the key that signed it, with the
+// same errors as Verify. Package consent/policy opens signed manifests
+// with it.
+func VerifyPayload(ctx context.Context, keys Keys, msg []byte) ([]byte, TrustedKey, error) {
+	return verifySign1(ctx, msg, nil, keys, payloadDecoder)
 }
 
 // A Verified record is a record whose signature checked out, with the key
@@ -160,12 +90,13 @@ type Verified struct {
 	Raw []byte
 }
 
-// Verify checks a signed record against the trusted keys and decodes it.
-// It does not check the record's validity period (see Record.ValidAt).
-// Errors match ErrMalformed, ErrWrongTag, ErrUnknownKey, ErrAlgorithm or
-// ErrBadSignature.
-func (s *KeySet) Verify(msg []byte) (*Verified, error) {
-	payload, key, err := verifySign1(msg, nil, s.Lookup, coseDecoder)
+// Verify checks a signed record against the keys and decodes it. It does
+// not check the record's validity period (see Record.ValidAt). Errors match
+// ErrMalformed, ErrWrongTag, ErrUnknownKey, ErrAlgorithm or
+// ErrBadSignature, or are the key lookup's own (a store that failed, or
+// ctx's error).
+func Verify(ctx context.Context, keys Keys, msg []byte) (*Verified, error) {
+	payload, key, err := verifySign1(ctx, msg, nil, keys, coseDecoder)
 	if err != nil {
 		return nil, err
 	}
@@ -216,13 +147,15 @@ const (
 )
 
 // verifySign1 verifies a COSE_Sign1 message, tagged (18) or untagged,
-// whose key is found by its kid; it returns the payload and the key. The
-// algorithm is pinned to the key's type; an alg header, protected or not,
-// must agree. Header labels must be integers, and no critical header is
-// understood. The message is parsed and the Sig_structure checked here:
-// go-cose, which signs our records, also requires alg in the protected
-// header where RFC 9052 lets it be unprotected.
-func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error), dec *codec.Decoder) ([]byte, TrustedKey, error) {
+// whose key keys finds by its kid; it returns the payload and the key.
+//
+// The message is first parsed here, with our strict and bounded decoder
+// (go-cose decodes with the CBOR library's default limits, and this is
+// network input): integer header labels only, no critical headers, no
+// label in both buckets, a key ID, and an alg header, wherever it is,
+// that agrees with the algorithm the key's type pins. The signature is
+// then checked by go-cose over the message's own protected bytes.
+func verifySign1(ctx context.Context, data, external []byte, keys Keys, dec *codec.Decoder) ([]byte, TrustedKey, error) {
 	if len(data) > dec.Limits().MaxBody {
 		return nil, TrustedKey{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
@@ -243,6 +176,13 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 			return nil, TrustedKey{}, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
 		}
 	}
+	rawProtected := appendHead(make([]byte, 0, len(m.Protected)+9), 2, uint64(len(m.Protected)), m.Protected...)
+	if len(protected) == 0 {
+		// No protected header parameters: the Sig_structure has an empty
+		// byte string, whatever empty map the message carried (RFC 9052
+		// section 4.4).
+		rawProtected = []byte{0x40}
+	}
 	for label := range protected {
 		if _, dup := m.Unprotected[label]; dup {
 			return nil, TrustedKey{}, fmt.Errorf("%w: header %d both protected and not", ErrMalformed, label)
@@ -259,7 +199,7 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 	if !ok || coseDecoder.Unmarshal(raw, &kid) != nil {
 		return nil, TrustedKey{}, fmt.Errorf("%w: no key ID", ErrUnknownKey)
 	}
-	key, err := keys(kid)
+	key, err := keys.LookupKey(ctx, kid)
 	if err != nil {
 		return nil, TrustedKey{}, err
 	}
@@ -275,18 +215,23 @@ func verifySign1(data, external []byte, keys func(kid []byte) (TrustedKey, error
 			}
 		}
 	}
-	prot := m.Protected
-	if len(protected) == 0 {
-		// No protected header parameters: the Sig_structure has an empty
-		// byte string, whatever empty map the message carried (RFC 9052
-		// section 4.4).
-		prot = nil
-	}
-	tbs, err := sigStructure(prot, external, m.Payload)
+	verifier, err := cose.NewVerifier(alg, key.Key)
 	if err != nil {
-		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrAlgorithm, err)
 	}
-	if !identity.VerifySignature(key.Key, tbs, m.Signature) {
+	msg := cose.Sign1Message{
+		Headers: cose.Headers{
+			// What the signer signed: the protected bytes as they came.
+			RawProtected: rawProtected,
+			// go-cose requires alg among the protected headers; RFC 9052
+			// lets it be unprotected, and it was checked above either way.
+			// RawProtected, not this map, is what the signature covers.
+			Protected: cose.ProtectedHeader{cose.HeaderLabelAlgorithm: alg},
+		},
+		Payload:   m.Payload,
+		Signature: m.Signature,
+	}
+	if err := msg.Verify(external, verifier); err != nil {
 		return nil, TrustedKey{}, ErrBadSignature
 	}
 	return m.Payload, key, nil
@@ -307,23 +252,13 @@ func stripSign1Tag(data []byte) ([]byte, error) {
 	return data, nil
 }
 
-// sigStructure returns the ToBeSigned bytes of RFC 9052 section 4.4:
-// ["Signature1", protected, external_aad, payload], written directly (it
-// is on every verification's path) in the deterministic encoding.
-func sigStructure(protected, external, payload []byte) ([]byte, error) {
-	out := make([]byte, 0, 16+len(protected)+len(external)+len(payload)+27)
-	out = append(out, 0x84, 0x6a)
-	out = append(out, "Signature1"...)
-	for _, b := range [][]byte{protected, external, payload} {
-		out = appendHead(out, 2, uint64(len(b)))
-		out = append(out, b...)
-	}
-	return out, nil
+// appendHead appends a CBOR head of major type major with argument n, in
+// its shortest form, followed by content.
+func appendHead(out []byte, major byte, n uint64, content ...byte) []byte {
+	return append(head(out, major, n), content...)
 }
 
-// appendHead appends a CBOR head of major type major with argument n, in
-// its shortest form.
-func appendHead(out []byte, major byte, n uint64) []byte {
+func head(out []byte, major byte, n uint64) []byte {
 	m := major << 5
 	switch {
 	case n < 24:

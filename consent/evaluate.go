@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/sensible-iot/sensible/device/identity"
 )
 
 // A Query asks whether data may be processed now.
@@ -16,8 +18,9 @@ type Query struct {
 	// Recipient is the partner the data would go to; empty means the
 	// controller itself.
 	Recipient string
-	// Device is the device the data comes from; empty matches any.
-	Device string
+	// Device is the device the data comes from; the zero ID matches
+	// any.
+	Device identity.ID
 	// At is the time of processing.
 	At time.Time
 }
@@ -27,14 +30,14 @@ type Reason uint8
 
 // Reasons.
 const (
-	Granted       Reason = iota + 1 // a valid record covers the query
-	NoConsent                       // no record covers it
-	WithdrawnBy                     // the subject withdrew the covering consent
-	RevokedBy                       // the controller revoked it
-	RefusedBy                       // the subject refused it, after any grant
-	ExpiredRecord                   // the covering consent lapsed
-	NotYetGranted                   // the covering consent starts later
-	Superseded                      // the covering consent answers a notice replaced by one needing re-consent
+	ReasonGranted     Reason = iota + 1 // a valid record covers the query
+	ReasonNoConsent                     // no record covers it
+	ReasonWithdrawn                     // the subject withdrew the covering consent
+	ReasonRevoked                       // the controller revoked it
+	ReasonRefused                       // the subject refused it, after any grant
+	ReasonExpired                       // the covering consent lapsed
+	ReasonNotYetValid                   // the covering consent starts later
+	ReasonSuperseded                    // the covering consent answers a notice replaced by one needing re-consent
 )
 
 var reasonNames = [...]string{"", "granted", "no consent", "withdrawn", "revoked", "refused", "expired", "not yet valid", "notice superseded"}
@@ -95,14 +98,14 @@ func (h *History) Add(v *Verified) error {
 	}
 	bySubject := (v.Signer.Role == SubjectKey || v.Signer.Role == DeviceKey) && v.Signer.Subject == r.Subject
 	switch r.Event.State {
-	case Revoked:
+	case StateRevoked:
 		if v.Signer.Role != ControllerKey {
 			return fmt.Errorf("%w: only the controller revokes", ErrNotAllowed)
 		}
 		if c := v.Signer.Controller; c != "" && c != r.Controller {
 			return fmt.Errorf("%w: a key of %q revokes for %q", ErrNotAllowed, c, r.Controller)
 		}
-	case Expired:
+	case StateExpired:
 		if !bySubject && v.Signer.Role != ControllerKey {
 			return fmt.Errorf("%w: expiry recorded by a stranger", ErrNotAllowed)
 		}
@@ -127,7 +130,7 @@ func (h *History) Add(v *Verified) error {
 		if ended.Record.Controller != r.Controller {
 			return fmt.Errorf("%w: %s was given to %q, not %q", ErrNotAllowed, r.Ends, ended.Record.Controller, r.Controller)
 		}
-		if r.Event.State == Expired {
+		if r.Event.State == StateExpired {
 			// Recording an expiry ends nothing early: the record must
 			// have an expiry, and it must have come.
 			if e := ended.Record.Event.Expires; e == 0 || r.Event.Time < e {
@@ -169,22 +172,22 @@ func cmpInt(a, b int64) int {
 
 func endReason(s State) Reason {
 	switch s {
-	case Refused:
-		return RefusedBy
-	case Revoked:
-		return RevokedBy
-	case Expired:
-		return ExpiredRecord
-	case Renewed:
-		return Granted
+	case StateRefused:
+		return ReasonRefused
+	case StateRevoked:
+		return ReasonRevoked
+	case StateExpired:
+		return ReasonExpired
+	case StateRenewed:
+		return ReasonGranted
 	}
-	return WithdrawnBy
+	return ReasonWithdrawn
 }
 
 // covers reports whether a process of r covers the query's purpose,
 // category, recipient and device.
 func covers(r *Record, q *Query) bool {
-	if q.Device != "" && len(r.Devices) > 0 && !slices.Contains(r.Devices, q.Device) {
+	if !q.Device.IsZero() && len(r.Devices) > 0 && !slices.Contains(r.Devices, q.Device) {
 		return false
 	}
 	for i := range r.Processes {
@@ -219,7 +222,7 @@ func (h *History) Decide(q Query) Decision {
 		v := list[i]
 		r := v.Record
 		switch {
-		case r.Event.State == Refused || r.Event.State == Withdrawn || r.Event.State == Revoked || r.Event.State == Expired:
+		case r.Event.State == StateRefused || r.Event.State == StateWithdrawn || r.Event.State == StateRevoked || r.Event.State == StateExpired:
 			// The latest covering choice wins: a refusal, withdrawal or
 			// revocation after a grant denies, even if an older grant for
 			// the same data was never withdrawn itself.
@@ -248,21 +251,21 @@ func (h *History) Decide(q Query) Decision {
 				}
 				continue
 			}
-			return Decision{Allowed: true, Record: r.ID, Reason: Granted}
+			return Decision{Allowed: true, Record: r.ID, Reason: ReasonGranted}
 		}
 	}
 	switch {
 	case ended != nil:
 		return Decision{Record: ended.Record.ID, Reason: endReason(ended.Record.Event.State)}
 	case lapsed != nil:
-		return Decision{Record: lapsed.Record.ID, Reason: ExpiredRecord}
+		return Decision{Record: lapsed.Record.ID, Reason: ReasonExpired}
 	case superseded != nil:
-		return Decision{Record: superseded.Record.ID, Reason: Superseded}
+		return Decision{Record: superseded.Record.ID, Reason: ReasonSuperseded}
 	}
 	for _, v := range list[n:] {
 		if v.Record.Event.State.grants() && covers(v.Record, &q) {
-			return Decision{Record: v.Record.ID, Reason: NotYetGranted}
+			return Decision{Record: v.Record.ID, Reason: ReasonNotYetValid}
 		}
 	}
-	return Decision{Reason: NoConsent}
+	return Decision{Reason: ReasonNoConsent}
 }

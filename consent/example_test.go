@@ -42,7 +42,7 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		v, err := keys.Verify(msg)
+		v, err := consent.Verify(context.Background(), keys, msg)
 		if err != nil {
 			panic(err)
 		}
@@ -61,10 +61,14 @@ func Example() {
 	}
 
 	notice := consent.Notice{ID: "pest-alerts", Version: 1, Language: "en", Hash: consent.HashText([]byte("We tell PestCo when your vacuum sees pests."))}
-	grant := consent.Grant("subj-7f3a", "acme", notice, []consent.Process{{
-		Purpose: "pest-alerts", Categories: []string{"device.sensor.camera.pest"},
-		Recipients: []string{"pestco"}, LegalBasis: "consent",
-	}}, t0, "subject:app")
+	grant := consent.Grant(consent.GrantParams{
+		Subject: "subj-7f3a", Controller: "acme", Notice: notice,
+		Processes: []consent.Process{{
+			Purpose: "pest-alerts", Categories: []string{"device.sensor.camera.pest"},
+			Recipients: []string{"pestco"}, LegalBasis: "consent",
+		}},
+		At: t0, Actor: "subject:app",
+	})
 	first := record(grant)
 
 	q := consent.Query{Purpose: "pest-alerts", Category: "device.sensor.camera.pest", At: t0.Add(time.Hour)}

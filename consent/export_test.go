@@ -21,24 +21,24 @@ func TestExport(t *testing.T) {
 	add := func(r *Record) {
 		msg, err := Sign(r, w.k.app, []byte("app-1"))
 		must(t, err)
-		v, err := w.k.set.Verify(msg)
+		v, err := Verify(context.Background(), w.k.set, msg)
 		must(t, err)
 		must(t, w.h.Add(v))
 		rc, err := l.Append(ctx, msg)
 		must(t, err)
 		w.h.SetReceipt(r.ID, rc)
 	}
-	g := Grant("subj-7f3a", "acme", energy, pests, t0, "subject:app")
+	g := Grant(GrantParams{Subject: "subj-7f3a", Controller: "acme", Notice: energy, Processes: pests, At: t0, Actor: "subject:app"})
 	add(g)
 	add(Withdraw(g, t0.Add(time.Hour), "subject:app"))
 
 	e := w.h.Export()
-	if e.Subject != "subj-7f3a" || len(e.Events) != 2 || e.Events[0].Record.Event.State != Given || e.Events[1].Record.Event.State != Withdrawn {
+	if e.Subject != "subj-7f3a" || len(e.Events) != 2 || e.Events[0].Record.Event.State != StateGiven || e.Events[1].Record.Event.State != StateWithdrawn {
 		t.Fatalf("export %+v", e)
 	}
 	// Every exported event checks out on its own: signature and receipt.
 	for _, ev := range e.Events {
-		v, err := w.k.set.Verify(ev.Signed)
+		v, err := Verify(context.Background(), w.k.set, ev.Signed)
 		if err != nil || v.Record.ID != ev.Record.ID {
 			t.Fatalf("exported event does not verify: %v", err)
 		}

@@ -57,7 +57,7 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 		t.Fatal(err)
 	}
 	at := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	grant := Grant("subj-7f3a", "acme", energy, pests, at, "subject:app")
+	grant := Grant(GrantParams{Subject: "subj-7f3a", Controller: "acme", Notice: energy, Processes: pests, At: at, Actor: "subject:app"})
 	grant.ID = ID{1}
 	withdraw := Withdraw(grant, at.Add(time.Hour), "subject:app")
 	withdraw.ID = ID{2}
@@ -70,7 +70,7 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 			if data, err = Sign(rec, app, []byte("app-1")); err != nil {
 				t.Fatal(err)
 			}
-			if v, err = keys.Verify(data); err != nil {
+			if v, err = Verify(context.Background(), keys, data); err != nil {
 				t.Fatal(err)
 			}
 			if err := h.Add(v); err != nil {

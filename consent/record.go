@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/sensible-iot/sensible/device/identity"
 )
 
 // SchemaVersion is the version of the record format this package writes.
@@ -15,14 +17,14 @@ const SchemaVersion = 1
 // A State is what a consent event records (ISO/IEC TS 27560).
 type State uint8
 
-// Event states. Given and Renewed grant; the others end or refuse.
+// Event states. StateGiven and StateRenewed grant; the others end or refuse.
 const (
-	Given     State = 1
-	Renewed   State = 2
-	Withdrawn State = 3 // ended by the subject
-	Refused   State = 4 // asked and declined
-	Revoked   State = 5 // ended by the controller
-	Expired   State = 6 // ended by its validity running out, recorded
+	StateGiven     State = 1
+	StateRenewed   State = 2
+	StateWithdrawn State = 3 // ended by the subject
+	StateRefused   State = 4 // asked and declined
+	StateRevoked   State = 5 // ended by the controller
+	StateExpired   State = 6 // ended by its validity running out, recorded
 )
 
 var stateNames = [...]string{"", "given", "renewed", "withdrawn", "refused", "revoked", "expired"}
@@ -36,10 +38,12 @@ func (s State) String() string {
 }
 
 // grants reports whether the state lets processing go on.
-func (s State) grants() bool { return s == Given || s == Renewed }
+func (s State) grants() bool { return s == StateGiven || s == StateRenewed }
 
 // ends reports whether an event in this state ends an earlier record.
-func (s State) ends() bool { return s == Withdrawn || s == Revoked || s == Expired || s == Renewed }
+func (s State) ends() bool {
+	return s == StateWithdrawn || s == StateRevoked || s == StateExpired || s == StateRenewed
+}
 
 // An ID identifies a record: 16 random bytes.
 type ID [16]byte
@@ -141,15 +145,15 @@ type Event struct {
 // withdrawal, renewal or revocation is a new record that names the one it
 // ends.
 type Record struct {
-	Schema     uint32    `cbor:"1,keyasint"`           // SchemaVersion
-	ID         ID        `cbor:"2,keyasint"`           // unique per event
-	Subject    string    `cbor:"3,keyasint"`           // pseudonymous; never an email address or a name
-	Controller string    `cbor:"4,keyasint"`           // the company processing the data
-	Notice     Notice    `cbor:"5,keyasint"`           // the notice the subject was shown
-	Processes  []Process `cbor:"6,keyasint"`           // what the event is about
-	Devices    []string  `cbor:"7,keyasint,omitempty"` // device IDs covered; empty means all of the subject's
-	Event      Event     `cbor:"8,keyasint"`           // what happened, when, by whom
-	Ends       *ID       `cbor:"9,keyasint,omitempty"` // the record this one ends, if any
+	Schema     uint32        `cbor:"1,keyasint"`           // SchemaVersion
+	ID         ID            `cbor:"2,keyasint"`           // unique per event
+	Subject    string        `cbor:"3,keyasint"`           // pseudonymous; never an email address or a name
+	Controller string        `cbor:"4,keyasint"`           // the company processing the data
+	Notice     Notice        `cbor:"5,keyasint"`           // the notice the subject was shown
+	Processes  []Process     `cbor:"6,keyasint"`           // what the event is about
+	Devices    []identity.ID `cbor:"7,keyasint,omitempty"` // devices covered; empty means all of the subject's
+	Event      Event         `cbor:"8,keyasint"`           // what happened, when, by whom
+	Ends       *ID           `cbor:"9,keyasint,omitempty"` // the record this one ends, if any
 }
 
 // check validates the fields of a decoded or to-be-signed record.
@@ -194,25 +198,43 @@ func (r *Record) ValidAt(t time.Time) error {
 	return nil
 }
 
-// Grant returns a new record of consent given at t by actor, for the
-// subject, under notice, for processes. Sign it and add it to the
-// subject's History; [Withdraw] undoes it in the same steps.
-func Grant(subject, controller string, notice Notice, processes []Process, at time.Time, actor string) *Record {
-	return &Record{
-		Schema: SchemaVersion, ID: NewID(), Subject: subject, Controller: controller,
-		Notice: notice, Processes: processes,
-		Event: Event{Time: at.Unix(), Actor: actor, State: Given},
+// GrantParams says what a subject agreed to, for Grant.
+type GrantParams struct {
+	Subject    string        // pseudonymous subject
+	Controller string        // the company processing the data
+	Notice     Notice        // the notice the subject was shown
+	Processes  []Process     // what the subject agreed to
+	Devices    []identity.ID // the devices covered; empty means all of the subject's
+	At         time.Time     // when the subject agreed
+	Expires    time.Time     // when the consent lapses; zero: it holds until withdrawn
+	Actor      string        // who captured it, e.g. "subject:app" or "device"
+}
+
+// Grant returns a new record of the consent p describes, with a fresh ID.
+// Sign it and add it to the subject's History; [Withdraw] undoes it in
+// the same steps.
+func Grant(p GrantParams) *Record {
+	r := &Record{
+		Schema: SchemaVersion, ID: NewID(), Subject: p.Subject, Controller: p.Controller,
+		Notice: p.Notice, Processes: slices.Clone(p.Processes), Devices: slices.Clone(p.Devices),
+		Event: Event{Time: p.At.Unix(), Actor: p.Actor, State: StateGiven},
 	}
+	if !p.Expires.IsZero() {
+		r.Event.Expires = p.Expires.Unix()
+	}
+	return r
 }
 
 // Withdraw returns a new record that withdraws of at t, by actor. It must
 // be signed by the subject's app or device key.
 func Withdraw(of *Record, at time.Time, actor string) *Record {
-	return ending(of, at, actor, Withdrawn)
+	return ending(of, at, actor, StateWithdrawn)
 }
 
 // Revoke returns a new record by which the controller revokes of at t.
-func Revoke(of *Record, at time.Time, actor string) *Record { return ending(of, at, actor, Revoked) }
+func Revoke(of *Record, at time.Time, actor string) *Record {
+	return ending(of, at, actor, StateRevoked)
+}
 
 func ending(of *Record, at time.Time, actor string, s State) *Record {
 	id := of.ID

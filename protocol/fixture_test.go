@@ -185,8 +185,8 @@ func (f *fixture) appGrant() *consent.Record {
 		Subject: goldenSubject, Controller: "acme",
 		Notice:    notice,
 		Processes: []consent.Process{{Purpose: "analytics", Categories: []string{"device.sensor.power", "device.usage"}, LegalBasis: "consent", Retention: 365 * 24 * 3600}},
-		Devices:   []string{f.deviceID.String()},
-		Event:     consent.Event{Time: goldenTime.Unix() - 86400, Actor: "subject:app", State: consent.Given},
+		Devices:   []identity.ID{f.deviceID},
+		Event:     consent.Event{Time: goldenTime.Unix() - 86400, Actor: "subject:app", State: consent.StateGiven},
 	}
 }
 
@@ -199,8 +199,8 @@ func (f *fixture) deviceGrant() *consent.Record {
 			Hash: consent.HashText([]byte("Garden Co. erfährt, wann und ungefähr wo ..."))},
 		Processes: []consent.Process{{Purpose: "garden-offers", Categories: []string{"device.usage", "user.location"},
 			Recipients: []string{"garden-co"}, LegalBasis: "consent", Retention: 90 * 24 * 3600}},
-		Devices: []string{f.deviceID.String()},
-		Event:   consent.Event{Time: goldenTime.Unix(), Actor: "device", State: consent.Given},
+		Devices: []identity.ID{f.deviceID},
+		Event:   consent.Event{Time: goldenTime.Unix(), Actor: "device", State: consent.StateGiven},
 	}
 }
 

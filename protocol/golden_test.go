@@ -109,7 +109,7 @@ func vectors(t testing.TB) []vector {
 	}
 	manifest := message("manifest-response", protocol.ManifestResponse{Signed: signedAircon})
 	manifest.same = func(want, got any) bool {
-		m, err := policy.OpenSigned(got.(protocol.ManifestResponse).Signed, f.keys)
+		m, err := policy.OpenSigned(context.Background(), got.(protocol.ManifestResponse).Signed, f.keys)
 		if err != nil {
 			return false
 		}
@@ -120,7 +120,7 @@ func vectors(t testing.TB) []vector {
 		name: "consent-record", value: *f.deviceGrant(),
 		encode: func() ([]string, []byte, error) { return nil, deviceRecord, nil },
 		decode: func(_ []string, b []byte) (any, error) {
-			v, err := f.keys.Verify(b)
+			v, err := consent.Verify(context.Background(), f.keys, b)
 			if err != nil {
 				return nil, err
 			}
@@ -148,12 +148,12 @@ func vectors(t testing.TB) []vector {
 		}
 		h := consent.NewHistory(goldenSubject)
 		for _, r := range cs.Records {
-			v, err := keys.Verify(r)
+			v, err := consent.Verify(context.Background(), keys, r)
 			if err != nil || h.Add(v) != nil {
 				return false
 			}
 		}
-		d := h.Decide(consent.Query{Purpose: "analytics", Category: "device.sensor.power", Device: f.deviceID.String(), At: goldenTime})
+		d := h.Decide(consent.Query{Purpose: "analytics", Category: "device.sensor.power", Device: f.deviceID, At: goldenTime})
 		return d.Allowed && reflect.DeepEqual(want, got)
 	}
 	rcpt := message("consent-receipt", *receipt)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
@@ -87,7 +88,7 @@ func FuzzOpenSigned(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := OpenSigned(msg, keys)
+		m, err := OpenSigned(context.Background(), msg, keys)
 		if err != nil {
 			var me *ManifestError
 			if !errors.As(err, &me) || !errors.Is(err, ErrInvalid) {
@@ -122,7 +123,7 @@ func FuzzOpenSigned(f *testing.F) {
 		if err != nil {
 			t.Fatalf("opened manifest does not sign: %v", err)
 		}
-		m2, err := OpenSigned(again, keys)
+		m2, err := OpenSigned(context.Background(), again, keys)
 		if err != nil {
 			t.Fatalf("re-signed manifest does not open: %v", err)
 		}

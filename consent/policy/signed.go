@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
@@ -55,8 +56,8 @@ func (m *Manifest) Sign(signer crypto.Signer, kid []byte) ([]byte, error) {
 // manufacturer's keys with the controller role, and returns the manifest.
 // Errors match consent's verification errors (consent.ErrBadSignature,
 // consent.ErrUnknownKey, ...), ErrNotMaker, or ErrInvalid.
-func OpenSigned(msg []byte, makers *consent.KeySet) (*Manifest, error) {
-	payload, key, err := makers.VerifyPayload(msg)
+func OpenSigned(ctx context.Context, msg []byte, makers consent.Keys) (*Manifest, error) {
+	payload, key, err := consent.VerifyPayload(ctx, makers, msg)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -24,7 +25,7 @@ func TestSignedManifest(t *testing.T) {
 
 	msg, err := m.Sign(maker, []byte("maker-1"))
 	must(t, err)
-	got, err := OpenSigned(msg, keys)
+	got, err := OpenSigned(context.Background(), msg, keys)
 	must(t, err)
 	h1, _ := m.Hash()
 	h2, _ := got.Hash()
@@ -33,19 +34,19 @@ func TestSignedManifest(t *testing.T) {
 	}
 	tampered := append([]byte(nil), msg...)
 	tampered[len(tampered)/2] ^= 1
-	if _, err := OpenSigned(tampered, keys); err == nil {
+	if _, err := OpenSigned(context.Background(), tampered, keys); err == nil {
 		t.Error("tampered manifest opened")
 	}
 	bySubject, _ := m.Sign(app, []byte("app-1"))
-	if _, err := OpenSigned(bySubject, keys); !errors.Is(err, ErrNotMaker) {
+	if _, err := OpenSigned(context.Background(), bySubject, keys); !errors.Is(err, ErrNotMaker) {
 		t.Errorf("manifest signed by a customer's app key: %v", err)
 	}
 	byStranger, _ := m.Sign(stranger, []byte("maker-1"))
-	if _, err := OpenSigned(byStranger, keys); !errors.Is(err, consent.ErrBadSignature) {
+	if _, err := OpenSigned(context.Background(), byStranger, keys); !errors.Is(err, consent.ErrBadSignature) {
 		t.Errorf("manifest signed by a stranger under the maker's kid: %v", err)
 	}
 	unknown, _ := m.Sign(stranger, []byte("maker-2"))
-	if _, err := OpenSigned(unknown, keys); !errors.Is(err, consent.ErrUnknownKey) {
+	if _, err := OpenSigned(context.Background(), unknown, keys); !errors.Is(err, consent.ErrUnknownKey) {
 		t.Errorf("manifest signed by an unknown key: %v", err)
 	}
 	bad := *m
@@ -72,7 +73,7 @@ func TestSignedManifestLarge(t *testing.T) {
 	if len(msg) <= consent.MaxRecordSize {
 		t.Fatalf("test manifest is only %d bytes", len(msg))
 	}
-	if _, err := OpenSigned(msg, keys); err != nil {
+	if _, err := OpenSigned(context.Background(), msg, keys); err != nil {
 		t.Fatalf("large signed manifest: %v", err)
 	}
 }
@@ -113,7 +114,7 @@ func TestSignedManifestDurations(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			m, err := OpenSigned(c.msg, keys)
+			m, err := OpenSigned(context.Background(), c.msg, keys)
 			var me *ManifestError
 			if !errors.As(err, &me) || !errors.Is(err, ErrInvalid) || !strings.Contains(me.Problem, "bad duration") {
 				t.Fatalf("OpenSigned = %v, %v; want a *ManifestError for a bad duration", m, err)
@@ -121,7 +122,7 @@ func TestSignedManifestDurations(t *testing.T) {
 		})
 	}
 	// The same manifest is valid with a positive retention.
-	if _, err := OpenSigned(signed("vacuum.json", 1, func(s map[any]any) { s[uint64(8)] = int64(3600) }), keys); err != nil {
+	if _, err := OpenSigned(context.Background(), signed("vacuum.json", 1, func(s map[any]any) { s[uint64(8)] = int64(3600) }), keys); err != nil {
 		t.Fatalf("positive retention: %v", err)
 	}
 	// A manifest built in Go with a negative retention neither validates

@@ -35,4 +35,8 @@ var (
 	ErrNotAllowed = errors.New("consent: signer may not record this event")
 	// ErrUnknownRecord means an event ends a record that is not known.
 	ErrUnknownRecord = errors.New("consent: ends an unknown record")
+	// ErrRecordConflict means a record ID is already taken by other bytes:
+	// an app that retried by signing the record again, or a forgery. A
+	// retry must send the bytes it sent the first time.
+	ErrRecordConflict = errors.New("consent: record ID already used by another record")
 )

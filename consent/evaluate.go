@@ -1,6 +1,7 @@
 package consent
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"sync"
@@ -90,7 +91,9 @@ func (h *History) UseNotices(ns *Notices) {
 // one signed by a key that may not record it (a grant or withdrawal needs
 // the subject's app or device key, a revocation the controller's), and an
 // event that ends a record the history does not hold (ErrUnknownRecord).
-// Adding the same record twice is a no-op.
+// Adding the same record again (the same bytes) is a no-op; another record
+// under an ID the history holds (the same record signed again, say) is
+// ErrRecordConflict, and the history keeps the first.
 func (h *History) Add(v *Verified) error {
 	r := v.Record
 	if r.Subject != h.subject {
@@ -116,8 +119,11 @@ func (h *History) Add(v *Verified) error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, dup := h.records[r.ID]; dup {
-		return nil
+	if prev, dup := h.records[r.ID]; dup {
+		if bytes.Equal(prev.Raw, v.Raw) {
+			return nil // the same record again: a retry
+		}
+		return fmt.Errorf("%w: %s", ErrRecordConflict, r.ID)
 	}
 	if r.Ends != nil {
 		ended, ok := h.records[*r.Ends]

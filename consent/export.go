@@ -2,6 +2,7 @@ package consent
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 
 	"github.com/sensible-iot/sensible/internal/codec"
@@ -30,14 +31,29 @@ type ExportedEvent struct {
 	Receipt *Receipt `json:"receipt,omitempty" cbor:"4,keyasint,omitempty"`
 }
 
-// SetReceipt attaches the log receipt of record id, for Export.
-func (h *History) SetReceipt(id ID, r *Receipt) {
+// SetReceipt attaches the log receipt of record id, for Export. The
+// receipt must prove the record's own bytes in the log whose public key is
+// logKey (VerifyReceipt): a receipt for other bytes is refused (an error
+// matching ErrBadProof or ErrBadCheckpoint), so an export never pairs a
+// record with another record's receipt. A record the history does not hold
+// is ErrUnknownRecord.
+func (h *History) SetReceipt(id ID, r *Receipt, logKey string) error {
+	h.mu.RLock()
+	v, ok := h.records[id]
+	h.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownRecord, id)
+	}
+	if err := VerifyReceipt(r, v.Raw, logKey); err != nil {
+		return err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.receipts == nil {
 		h.receipts = make(map[ID]*Receipt)
 	}
 	h.receipts[id] = r
+	return nil
 }
 
 // Export returns the subject's history with receipts, oldest event first.

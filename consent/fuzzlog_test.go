@@ -82,7 +82,9 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 			t.Fatal(err)
 		}
 		if v != nil {
-			h.SetReceipt(v.Record.ID, r)
+			if err := h.SetReceipt(v.Record.ID, r, vkey); err != nil {
+				t.Fatal(err)
+			}
 		}
 		fx.receipts = append(fx.receipts, r)
 		if fx.ckpts[i+1], err = OpenCheckpoint(r.Checkpoint, vkey); err != nil {

@@ -18,15 +18,18 @@
 //
 // # Verification
 //
-// A [KeySet] holds the keys trusted to sign records (the subject's app
-// keys, device keys, the controller's keys) and [KeySet.Verify] checks a
-// message against them. The algorithm is pinned to the key's type, the
-// COSE Sig_structure is checked here, and any COSE implementation can
-// verify our records (tests use go-cose's own verifier and the cose-wg
-// examples). Every failure matches a sentinel: [ErrMalformed],
-// [ErrWrongTag], [ErrUnknownKey], [ErrAlgorithm], [ErrBadSignature];
-// [Record.ValidAt] adds [ErrExpired] and [ErrNotYetValid], and
-// [Notice.CheckText] [ErrNoticeHash].
+// [Verify] checks a message against the keys trusted to sign records (the
+// subject's app keys, device keys, the controller's keys), which it finds
+// through [Keys] by the key ID in the message's header: [KeySet] keeps them
+// in memory, and the cloud's registry serves them from its store. The
+// message is parsed with a strict, bounded decoder first (integer header
+// labels, no critical headers, a key ID, an alg that agrees with the one
+// the key's type pins); go-cose then checks the signature. Any COSE
+// implementation can verify our records (tests use go-cose's own verifier
+// and the cose-wg examples). Every failure matches a sentinel:
+// [ErrMalformed], [ErrWrongTag], [ErrUnknownKey], [ErrAlgorithm],
+// [ErrBadSignature]; [Record.ValidAt] adds [ErrExpired] and
+// [ErrNotYetValid], and [Notice.CheckText] [ErrNoticeHash].
 //
 // # Decisions
 //
@@ -39,6 +42,10 @@
 // time, expiry is honoured, and a record covers only what it lists. The
 // controller's [Notices] register marks notice versions that need
 // consent again. [Grant] and [Withdraw] build events in the same steps.
+// Events are in a [State] (StateGiven, StateWithdrawn, ...); decisions give
+// a [Reason] (ReasonGranted, ReasonWithdrawn, ...). A record is identified
+// by its ID: the same bytes again are a retry and change nothing, other
+// bytes under a known ID are [ErrRecordConflict].
 //
 // # The consent log
 //

@@ -223,7 +223,7 @@ func TestTokenReplay(t *testing.T) {
 	if _, err := e.v.Verify(ctx, e.sign(t, TokenParams{})); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(e.v.seen); n != 1 {
+	if n := e.v.cfg.Replay.(*MemoryReplayCache).Len(); n != 1 {
 		t.Errorf("%d token IDs remembered after expiry, want 1", n)
 	}
 }
@@ -272,7 +272,7 @@ func TestTokenReplayCacheBounded(t *testing.T) {
 	if _, err := e.v.Verify(ctx, e.sign(t, TokenParams{})); err != nil {
 		t.Fatalf("after expiry: %v", err)
 	}
-	if n := len(e.v.seen); n != 3 {
+	if n := e.v.cfg.Replay.(*MemoryReplayCache).Len(); n != 3 {
 		t.Errorf("%d remembered, want 3", n)
 	}
 }

@@ -75,7 +75,8 @@ var (
 	// ErrTokenSignature means the signature does not verify with the device key.
 	ErrTokenSignature = errors.New("identity: token signature invalid")
 	// ErrTokenClaims means a required claim (iss, sub, iat, exp, jti) is
-	// missing or inconsistent, such as iss differing from sub.
+	// missing or inconsistent, such as iss differing from sub, or a time
+	// claim is not a time (negative, or more than 2^40 seconds).
 	ErrTokenClaims = errors.New("identity: token claims missing or invalid")
 	// ErrTokenExpired means the token's exp lies in the past, beyond the allowed skew.
 	ErrTokenExpired = errors.New("identity: token expired")

@@ -276,8 +276,10 @@ func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 // differently: repeated, escaped or case-variant JSON member names,
 // line breaks, deep nesting, a crit header, and header parameters that
 // name a key (kid, jku, jwk, x5u, x5c, x5t, x5t#S256), since the key is the
-// one registered for the subject. After it, it requires iat and a jti of
-// at most 64 bytes and caps the lifetime.
+// one registered for the subject; and it checks that the registered key
+// is the one the device ID names. Beside golang-jwt's claim checks it
+// requires iat and a jti of at most 64 bytes, refuses times that are
+// negative or absurdly far, and caps the lifetime.
 //
 // The error matches one of the ErrToken* sentinels, ErrIDMismatch or
 // ErrUnsupportedKey for a registered key that does not fit the device, or

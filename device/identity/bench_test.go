@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"math/big"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +150,50 @@ func BenchmarkToken(b *testing.B) {
 			b.ReportMetric(float64(tTok.Nanoseconds())/float64(b.N), "token-ns/op")
 			b.ReportMetric(float64(tTok)/float64(tRaw), "token/raw")
 		})
+	}
+}
+
+// noReplay accepts every token, so that one token can be verified b.N
+// times.
+type noReplay struct{}
+
+func (noReplay) Seen(context.Context, ID, string, time.Time) (bool, error) { return false, nil }
+
+// BenchmarkTokenSize verifies valid ES256 tokens of 2 KiB (the default
+// MaxSize), 16 KiB and 64 KiB (MaxSize raised to 64 KiB), to show that
+// verification time grows linearly with size. A "padding" token carries one
+// long string claim; a "members" token as many short claims as fit, the
+// worst case for the repeated-name check (some 7,000 members at 64 KiB).
+// "raw" verifies the padding token's signature directly, as in
+// BenchmarkToken. The replay cache accepts every token here; it costs the
+// same at every size.
+func BenchmarkTokenSize(b *testing.B) {
+	e := newTokenEnv(b, P256, VerifierConfig{MaxSize: 64 << 10, Replay: noReplay{}})
+	ctx := context.Background()
+	for _, size := range []int{2 << 10, 16 << 10, 64 << 10} {
+		name := strconv.Itoa(size>>10) + "KiB"
+		pad := e.sizedToken(b, size, padding)
+		b.Run(name+"/raw", func(b *testing.B) {
+			f := rawVerifiers(b, e.key.Public(), []string{pad})[0]
+			b.SetBytes(int64(len(pad)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if !f() {
+					b.Fatal("raw verify failed")
+				}
+			}
+		})
+		for kind, fill := range map[string]func(int) string{"padding": padding, "members": members} {
+			tok := e.sizedToken(b, size, fill)
+			b.Run(name+"/"+kind, func(b *testing.B) {
+				b.SetBytes(int64(len(tok)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := e.v.Verify(ctx, tok); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }

@@ -36,10 +36,24 @@
 // Where a transport has no client certificates, a device proves its
 // identity with a short-lived JWT it signs itself ([SignToken]), in the
 // style of Google Cloud IoT Core's device tokens: ES256 or EdDSA, iss and sub
-// the device ID, aud, iat, exp, jti. A [TokenVerifier] pins the algorithm to
-// the device key's type (so alg none and HS256 forged with the public key
-// fail), requires every claim, caps the lifetime and clock skew, and refuses
-// a jti it has already accepted while that token lives, in bounded memory.
+// the device ID, aud, iat, exp, jti. A [TokenVerifier] looks the device's key
+// up by the token's subject ([KeyFunc]), checks that the key is the one the
+// device ID names, and has golang-jwt (github.com/golang-jwt/jwt/v5) parse
+// the token and check its signature and claims, configured strictly: the
+// algorithm pinned to the key's type (so alg none, HS256 forged with the
+// public key, and an algorithm of the other key type fail), canonical
+// base64, every claim required, the lifetime and clock skew capped. Before
+// that it caps the token's size and refuses JSON that readers could
+// disagree about (repeated, escaped or case-variant member names) and
+// header parameters that name a key, all in time linear in the token's
+// size.
+//
+// A verifier accepts each token once: a [ReplayCache] remembers the jti of
+// every token accepted until it expires. The default, [MemoryReplayCache],
+// lives in the verifier's process, in bounded memory. A service of several
+// nodes gives them all one ReplayCache backed by a shared store, so that a
+// token accepted by one node is refused by the others; the interface is an
+// atomic insert-if-absent, which a SQL table does with a unique key.
 //
 // # Errors
 //

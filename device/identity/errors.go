@@ -55,12 +55,18 @@ var (
 
 // Token errors. An error from [TokenVerifier.Verify] matches one of these
 // with [errors.Is], or ErrIDMismatch or ErrUnsupportedKey for a registered
-// key that does not fit the device, or whatever the KeyFunc returned.
+// key that does not fit the device, or is whatever the KeyFunc or the
+// ReplayCache returned.
 var (
 	// ErrTokenTooLarge means the token is longer than VerifierConfig.MaxSize;
 	// it was rejected before any parsing.
 	ErrTokenTooLarge = errors.New("identity: token too large")
-	// ErrTokenMalformed means the token is not a well-formed compact JWS with JSON claims.
+	// ErrTokenMalformed means the token is not a well-formed compact JWS with
+	// JSON claims, or is written in a way readers could disagree about: a
+	// JSON member name repeated, written with escapes, or differing from a
+	// registered one only in case; base64 that is padded or not canonical;
+	// arrays or objects nested deeply; or a header with crit or a
+	// parameter that names a key (kid, jku, jwk, x5u, x5c, x5t, x5t#S256).
 	ErrTokenMalformed = errors.New("identity: malformed token")
 	// ErrTokenAlgorithm means the token's alg is not the one the device's key
 	// type pins (ES256 for P-256, EdDSA for Ed25519): alg none, HS256 and
@@ -69,7 +75,8 @@ var (
 	// ErrTokenSignature means the signature does not verify with the device key.
 	ErrTokenSignature = errors.New("identity: token signature invalid")
 	// ErrTokenClaims means a required claim (iss, sub, iat, exp, jti) is
-	// missing or inconsistent, such as iss differing from sub.
+	// missing or inconsistent, such as iss differing from sub, or a time
+	// claim is not a time (negative, or more than 2^40 seconds).
 	ErrTokenClaims = errors.New("identity: token claims missing or invalid")
 	// ErrTokenExpired means the token's exp lies in the past, beyond the allowed skew.
 	ErrTokenExpired = errors.New("identity: token expired")
@@ -80,11 +87,13 @@ var (
 	// ErrTokenAudience means the token is not addressed to this verifier's audience.
 	ErrTokenAudience = errors.New("identity: token audience mismatch")
 	// ErrTokenReplay means a token with the same device and jti was accepted
-	// before and has not yet expired.
+	// before, by this verifier or another sharing its ReplayCache, and has
+	// not yet expired.
 	ErrTokenReplay = errors.New("identity: token replayed")
-	// ErrReplayCacheFull means the verifier holds as many unexpired token
-	// IDs as it may; it fails closed rather than forget one. Raise
-	// VerifierConfig.ReplayCapacity or shorten token lifetimes.
+	// ErrReplayCacheFull means a MemoryReplayCache holds as many unexpired
+	// tokens as it may, in all or of one device; it fails closed rather
+	// than forget one. Raise its capacity (VerifierConfig.ReplayCapacity,
+	// MaxLiveTokens) or shorten token lifetimes.
 	ErrReplayCacheFull = errors.New("identity: token replay cache full")
 	// ErrUnknownDevice is what a [KeyFunc] returns for a device it does not know.
 	ErrUnknownDevice = errors.New("identity: unknown device")

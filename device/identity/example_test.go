@@ -100,3 +100,27 @@ func ExampleLoadKeyFile() {
 	// loaded
 	// true
 }
+
+// Two nodes of one service share a replay cache, so that a token one of
+// them accepted is refused by the other. Here the cache is in memory; nodes
+// in separate processes would share a ReplayCache backed by their common
+// database.
+func ExampleMemoryReplayCache() {
+	const aud = "coaps+tcp://cloud.example.com"
+	devKey, _ := identity.GenerateKey(identity.P256)
+	keys, _ := identity.StaticKeys(devKey.Public())
+	shared := identity.NewMemoryReplayCache(identity.MemoryReplayConfig{})
+	nodeA, _ := identity.NewTokenVerifier(identity.VerifierConfig{Audience: aud, Keys: keys, Replay: shared})
+	nodeB, _ := identity.NewTokenVerifier(identity.VerifierConfig{Audience: aud, Keys: keys, Replay: shared})
+
+	tok, _ := identity.SignToken(devKey, identity.TokenParams{Audience: aud})
+	_, err := nodeA.Verify(context.Background(), tok)
+	fmt.Println("node A:", err)
+	_, err = nodeB.Verify(context.Background(), tok)
+	fmt.Println("node B refuses a replay:", errors.Is(err, identity.ErrTokenReplay))
+	fmt.Println("tokens remembered:", shared.Len())
+	// Output:
+	// node A: <nil>
+	// node B refuses a replay: true
+	// tokens remembered: 1
+}

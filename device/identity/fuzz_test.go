@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +52,26 @@ func FuzzVerifyToken(f *testing.F) {
 		f.Add(tok[:len(tok)-10])
 	}
 	f.Add(craft(map[string]any{"alg": "none"}, map[string]any{"sub": "x"}, nil))
+	// Hostile shapes with a valid signature of the P-256 device: a key in
+	// the header, a repeated claim, deep nesting, a DER signature.
+	p256 := keys[1]
+	id, _ := IDOf(p256)
+	claims := func(extra string) string {
+		return `{"iss":"` + id.String() + `","sub":"` + id.String() + `","aud":"` + testAud + `","iat":` +
+			strconv.FormatInt(fuzzNow.Unix(), 10) + `,"exp":` + strconv.FormatInt(fuzzNow.Add(5*time.Minute).Unix(), 10) +
+			`,"jti":"seed"` + extra + `}`
+	}
+	signed := func(header, body string) string {
+		in := b64.EncodeToString([]byte(header)) + "." + b64.EncodeToString([]byte(body))
+		return in + "." + b64.EncodeToString(es256(p256)([]byte(in)))
+	}
+	f.Add(signed(`{"alg":"ES256","jwk":{"kty":"EC"}}`, claims("")))
+	f.Add(signed(`{"alg":"ES256"}`, claims(`,"aud":"coap://other"`)))
+	f.Add(signed(`{"alg":"ES256"}`, claims(`,"x":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]`)))
+	tok := signed(`{"alg":"ES256"}`, claims(""))
+	dot := strings.LastIndexByte(tok, '.')
+	rs, _ := b64.DecodeString(tok[dot+1:])
+	f.Add(tok[:dot+1] + b64.EncodeToString(asn1Signature(nil, rs[:32], rs[32:])))
 	keyFunc, err := StaticKeys(pubs...)
 	if err != nil {
 		f.Fatal(err)

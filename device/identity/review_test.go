@@ -62,24 +62,38 @@ func itoa(v any) string {
 	return string(b)
 }
 
-func TestCheckKeys(t *testing.T) {
+func TestCheckNames(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, maxJSONDepth-1) + "[1]" + strings.Repeat("}", maxJSONDepth-1) // maxJSONDepth levels
 	for in, ok := range map[string]bool{
 		`{}`:                                true,
 		` { "a" : [1,{"b":"}"}] , "c":2 } `: true,
 		`{"a":"x\"y","b":null}`:             true,
+		`{"a":{"x":1},"b":{"x":1}}`:         true,
+		`{"x":` + deep + `}`:                false,
+		deep:                                true,
 		`{"a":1,"a":2}`:                     false,
 		`{"a":{"x":1},"a":2}`:               false,
+		`{"a":{"x":1,"x":2}}`:               false,
+		`{"a":[{"x":1,"x":2}]}`:             false,
+		`{"a\u0062":1}`:                     false,
+		`{"a":{"\u0062":1}}`:                false,
 		`{"Iss":1}`:                         false,
+		"{\"\u017fub\":1}":                  false,
+		`{"iss":1}{}`:                       false,
+		`{"iss":1} x`:                       false,
 		`[]`:                                false,
+		`"iss"`:                             false,
 		`{"a":1`:                            false,
 		`{"a"`:                              false,
 		`{"a":"unterminated}`:               false,
 		`{"a":[1,2}`:                        false,
+		`{"a" 1}`:                           false,
+		`{1:2}`:                             false,
 		``:                                  false,
 	} {
-		err := checkKeys([]byte(in), claimNames)
+		err := checkNames([]byte(in), claimNames, nil)
 		if (err == nil) != ok {
-			t.Errorf("checkKeys(%s) = %v, want ok=%v", in, err, ok)
+			t.Errorf("checkNames(%s) = %v, want ok=%v", in, err, ok)
 		}
 	}
 }

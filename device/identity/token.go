@@ -1,8 +1,6 @@
 package identity
 
 import (
-	"bytes"
-	"container/heap"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -14,11 +12,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -33,14 +30,20 @@ const (
 	DefaultMaxTokenLifetime = time.Hour
 	// DefaultMaxSkew is the clock skew tolerated on iat, nbf and exp.
 	DefaultMaxSkew = time.Minute
+	// MaxSkewLimit is the largest VerifierConfig.MaxSkew NewTokenVerifier
+	// accepts: the skew Kerberos tolerates by default. A larger one would
+	// keep an expired token valid for about as long as it lived.
+	MaxSkewLimit = 5 * time.Minute
 	// DefaultMaxTokenSize bounds the token length accepted for parsing.
+	// A token SignToken makes is under 400 bytes.
 	DefaultMaxTokenSize = 2048
-	// DefaultReplayCapacity bounds how many unexpired token IDs a verifier
-	// remembers.
+	// DefaultReplayCapacity bounds how many unexpired token IDs the
+	// default replay cache remembers.
 	DefaultReplayCapacity = 1 << 17
 	// DefaultMaxLiveTokens bounds how many unexpired tokens of one device
-	// a verifier remembers: a device that opens more sessions than this
-	// within a token lifetime is refused, and the others are not affected.
+	// the default replay cache remembers: a device that opens more
+	// sessions than this within a token lifetime is refused, and the
+	// others are not affected.
 	DefaultMaxLiveTokens = 64
 	// maxJTI bounds the jti length so each remembered token costs little.
 	maxJTI = 64
@@ -110,6 +113,15 @@ func SignToken(signer crypto.Signer, p TokenParams) (string, error) {
 	return unsigned + "." + b64.EncodeToString(sig), nil
 }
 
+var b64 = base64.RawURLEncoding.Strict()
+
+// The headers SignToken writes, base64url-encoded. Never written after
+// initialisation.
+var (
+	headerES256 = b64.EncodeToString([]byte(`{"alg":"ES256","typ":"JWT"}`))
+	headerEdDSA = b64.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT"}`))
+)
+
 func methodFor(t KeyType) jwt.SigningMethod {
 	if t == Ed25519 {
 		return jwt.SigningMethodEdDSA
@@ -119,6 +131,8 @@ func methodFor(t KeyType) jwt.SigningMethod {
 
 // signJWS signs the JWS signing input with any crypto.Signer, converting an
 // ECDSA ASN.1 signature to the fixed 64-byte r||s form JWS requires.
+// (golang-jwt's ES256 signs only with an *ecdsa.PrivateKey, not with a key
+// held in hardware.)
 func signJWS(signer crypto.Signer, t KeyType, input string) ([]byte, error) {
 	if t == Ed25519 {
 		return signer.Sign(rand.Reader, []byte(input), crypto.Hash(0))
@@ -173,18 +187,25 @@ type VerifierConfig struct {
 	Keys KeyFunc
 	// MaxLifetime caps exp minus iat; zero means DefaultMaxTokenLifetime.
 	MaxLifetime time.Duration
-	// MaxSkew is the clock skew tolerated; zero means DefaultMaxSkew.
+	// MaxSkew is the clock skew tolerated on iat, nbf and exp; zero means
+	// DefaultMaxSkew. It may not exceed MaxSkewLimit.
 	MaxSkew time.Duration
 	// MaxSize caps the token length; zero means DefaultMaxTokenSize.
+	// Verification time grows linearly with the length up to the cap.
 	MaxSize int
-	// ReplayCapacity caps how many unexpired token IDs are remembered;
-	// zero means DefaultReplayCapacity. When it is reached the verifier
-	// refuses new tokens with ErrReplayCacheFull rather than forget one.
+	// Replay remembers accepted tokens so that each is accepted once.
+	// Verifiers that share one refuse a token any of them accepted, which
+	// is what a service of several nodes needs. Nil means a
+	// MemoryReplayCache of this verifier alone, made with ReplayCapacity,
+	// MaxLiveTokens and Now.
+	Replay ReplayCache
+	// ReplayCapacity is MemoryReplayConfig.Capacity for the cache made
+	// when Replay is nil, and is otherwise unused; zero means
+	// DefaultReplayCapacity.
 	ReplayCapacity int
-	// MaxLiveTokens caps how many unexpired tokens of one device are
-	// remembered; zero means DefaultMaxLiveTokens. Past it the device's
-	// tokens are refused with ErrReplayCacheFull, so one device cannot
-	// fill the cache for the fleet.
+	// MaxLiveTokens is MemoryReplayConfig.MaxLiveTokens for the cache made
+	// when Replay is nil, and is otherwise unused; zero means
+	// DefaultMaxLiveTokens.
 	MaxLiveTokens int
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
@@ -208,25 +229,19 @@ type TokenClaims struct {
 // concurrent use.
 type TokenVerifier struct {
 	cfg VerifierConfig
-
-	mu     sync.Mutex
-	seen   map[replayKey]struct{}
-	perDev map[ID]int
-	expiry replayHeap
 }
 
-type replayKey struct {
-	dev ID
-	jti string
-}
-
-// NewTokenVerifier returns a verifier for cfg.
+// NewTokenVerifier returns a verifier for cfg. It fails if Audience or Keys
+// is missing or MaxSkew exceeds MaxSkewLimit.
 func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 	if cfg.Audience == "" {
 		return nil, errors.New("identity: VerifierConfig.Audience is required")
 	}
 	if cfg.Keys == nil {
 		return nil, errors.New("identity: VerifierConfig.Keys is required")
+	}
+	if cfg.MaxSkew > MaxSkewLimit {
+		return nil, fmt.Errorf("identity: VerifierConfig.MaxSkew %s exceeds MaxSkewLimit %s", cfg.MaxSkew, MaxSkewLimit)
 	}
 	if cfg.MaxLifetime <= 0 {
 		cfg.MaxLifetime = DefaultMaxTokenLifetime
@@ -237,123 +252,267 @@ func NewTokenVerifier(cfg VerifierConfig) (*TokenVerifier, error) {
 	if cfg.MaxSize <= 0 {
 		cfg.MaxSize = DefaultMaxTokenSize
 	}
-	if cfg.ReplayCapacity <= 0 {
-		cfg.ReplayCapacity = DefaultReplayCapacity
-	}
-	if cfg.MaxLiveTokens <= 0 {
-		cfg.MaxLiveTokens = DefaultMaxLiveTokens
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &TokenVerifier{
-		cfg:    cfg,
-		seen:   make(map[replayKey]struct{}),
-		perDev: make(map[ID]int),
-	}, nil
+	if cfg.Replay == nil {
+		cfg.Replay = NewMemoryReplayCache(MemoryReplayConfig{
+			Capacity: cfg.ReplayCapacity, MaxLiveTokens: cfg.MaxLiveTokens, Now: cfg.Now,
+		})
+	}
+	return &TokenVerifier{cfg: cfg}, nil
 }
 
-// Verify checks token and, if it is valid and not seen before, remembers its
-// jti until it expires and returns its claims. The algorithm is pinned to
-// the type of the device's key; iss, sub, aud, iat, exp and jti are
-// required; the lifetime and clock skew are capped. The error matches one
-// of the ErrToken* sentinels, ErrReplayCacheFull, ErrIDMismatch, or
-// whatever the KeyFunc returned (such as ErrUnknownDevice).
+// Verify checks token and, if it is valid and its ReplayCache has not seen
+// it, has the cache remember it until it expires, and returns its claims.
 //
-// The compact serialization is parsed here, strictly (unpadded base64url,
-// no unknown critical header parameters), rather than by the JWT library's
-// general parser, which costs as much again as the checks themselves; the
-// library's ES256 and EdDSA implementations check the signature.
+// The token is parsed and its signature and standard claims checked by
+// golang-jwt, configured strictly: the algorithm pinned to the type of the
+// key the KeyFunc returns for the token's subject (ES256 for P-256, EdDSA
+// for Ed25519), unpadded canonical base64url, exp and aud required, iss
+// and sub the device ID, iat and nbf not in the future and exp not in the
+// past beyond the clock skew. Before that, this package caps the size and
+// refuses what golang-jwt would accept but other readers may read
+// differently: repeated, escaped or case-variant JSON member names,
+// line breaks, deep nesting, a crit header, and header parameters that
+// name a key (kid, jku, jwk, x5u, x5c, x5t, x5t#S256), since the key is the
+// one registered for the subject; and it checks that the registered key
+// is the one the device ID names. Beside golang-jwt's claim checks it
+// requires iat and a jti of at most 64 bytes, refuses times that are
+// negative or absurdly far, and caps the lifetime.
+//
+// The error matches one of the ErrToken* sentinels, ErrIDMismatch or
+// ErrUnsupportedKey for a registered key that does not fit the device, or
+// is whatever the KeyFunc (such as ErrUnknownDevice) or the ReplayCache
+// (such as ErrReplayCacheFull) returned.
 func (v *TokenVerifier) Verify(ctx context.Context, token string) (*TokenClaims, error) {
+	// golang-jwt has no size limit: bound all work before anything else.
 	if len(token) > v.cfg.MaxSize {
 		return nil, wrap(ErrTokenTooLarge, "%d bytes, limit %d", len(token), v.cfg.MaxSize)
 	}
-	tok, err := parseCompact(token)
+	// encoding/base64, and so golang-jwt, skips CR and LF inside a segment.
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return nil, wrap(ErrTokenMalformed, "byte %#x at %d", c, i)
+		}
+	}
+	sub, err := precheck(token)
 	if err != nil {
 		return nil, err
 	}
-	c := &tok.claims
-	dev, err := parseCanonicalID(c.Sub)
+	// The key is looked up by the unverified subject; golang-jwt does
+	// not know devices.
+	dev, err := parseCanonicalID(sub)
 	if err != nil {
 		return nil, wrap(ErrTokenClaims, "sub is not a device ID")
-	}
-	if c.Iss != c.Sub {
-		return nil, wrap(ErrTokenClaims, "iss differs from sub")
 	}
 	pub, err := v.cfg.Keys(ctx, dev)
 	if err != nil {
 		return nil, err
 	}
+	// golang-jwt trusts the key it is given: the registered key must be
+	// the one the device ID names.
 	kt, err := checkID(dev, pub)
 	if err != nil {
 		return nil, err
 	}
-	method := methodFor(kt)
-	if tok.header.Alg != method.Alg() {
-		return nil, wrap(ErrTokenAlgorithm, "alg %q, device key needs %s", tok.header.Alg, method.Alg())
+	alg := methodFor(kt).Alg()
+	c := &tokenClaims{maxLife: v.cfg.MaxLifetime}
+	p := jwt.NewParser(
+		jwt.WithValidMethods([]string{alg}),
+		jwt.WithStrictDecoding(),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithAudience(v.cfg.Audience),
+		jwt.WithIssuer(sub),
+		jwt.WithSubject(sub),
+		jwt.WithLeeway(v.cfg.MaxSkew),
+		jwt.WithTimeFunc(v.cfg.Now),
+	)
+	tok, err := p.ParseWithClaims(token, c, func(*jwt.Token) (any, error) { return pub, nil })
+	if err != nil {
+		return nil, tokenError(err, tok, c, alg)
 	}
-	if !verifyJWS(kt, pub, tok.signingInput, tok.sig, method) {
-		return nil, wrap(ErrTokenSignature, "%s", dev)
+	iat, exp := numericDate(c.Iat), numericDate(c.Exp)
+	// The token may be forgotten once it would be refused as expired.
+	seen, err := v.cfg.Replay.Seen(ctx, dev, c.Jti, exp.Add(v.cfg.MaxSkew))
+	if err != nil {
+		return nil, err
 	}
-	return v.checkClaims(c, dev)
+	if seen {
+		return nil, wrap(ErrTokenReplay, "jti %q of %s", c.Jti, dev)
+	}
+	return &TokenClaims{Device: dev, Audience: v.cfg.Audience, IssuedAt: iat.Time, Expires: exp.Time, TokenID: c.Jti}, nil
 }
 
-// verifyJWS checks a JWS signature: ES256 with VerifySignature, EdDSA
-// with the JWT library, which calls crypto/ed25519 directly.
-func verifyJWS(kt KeyType, pub crypto.PublicKey, input string, sig []byte, method jwt.SigningMethod) bool {
-	if kt != P256 {
-		return method.Verify(input, sig, pub) == nil
+// precheck decodes the header and claims of a compact JWS and applies to
+// them the checks golang-jwt lacks (checkNames, checkHeader); it returns
+// the unverified sub, or "" if there is no string sub.
+func precheck(token string) (sub string, err error) {
+	h, rest, ok1 := strings.Cut(token, ".")
+	p, sig, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 {
+		return "", wrap(ErrTokenMalformed, "want three dot-separated parts")
 	}
-	return VerifySignature(pub, []byte(input), sig)
+	hb, err := b64.DecodeString(h)
+	if err != nil {
+		return "", wrap(ErrTokenMalformed, "header: %v", err)
+	}
+	if err := checkNames(hb, headerNames, checkHeader); err != nil {
+		return "", wrap(ErrTokenMalformed, "header: %v", err)
+	}
+	pb, err := b64.DecodeString(p)
+	if err != nil {
+		return "", wrap(ErrTokenMalformed, "claims: %v", err)
+	}
+	err = checkNames(pb, claimNames, func(name string, v json.Token) error {
+		if name == "sub" {
+			sub, _ = v.(string)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", wrap(ErrTokenMalformed, "claims: %v", err)
+	}
+	return sub, nil
 }
 
-// VerifySignature checks a signature in the fixed-size form JOSE (ES256,
-// EdDSA) and COSE (-7, -8) use: for a P-256 key, the 64-byte r||s ECDSA
-// signature over SHA-256 of msg; for an Ed25519 key, the 64-byte Ed25519
-// signature of msg. Other keys never verify.
-//
-// For P-256 the signature is put into ASN.1 form for ecdsa.VerifyASN1: the
-// math/big path the JWT library takes re-encodes the same signature and
-// costs as much as all of a token's own checks.
-func VerifySignature(pub crypto.PublicKey, msg, sig []byte) bool {
-	switch k := pub.(type) {
-	case ed25519.PublicKey:
-		return len(k) == ed25519.PublicKeySize && ed25519.Verify(k, msg, sig)
-	case *ecdsa.PublicKey:
-		if _, err := TypeOf(k); err != nil || len(sig) != 64 {
-			return false
+// checkHeader refuses the header parameters golang-jwt ignores but a
+// device token may not carry.
+func checkHeader(name string, v json.Token) error {
+	switch name {
+	case "crit":
+		// RFC 7515 section 4.1.11: a recipient must refuse a token whose
+		// critical extensions it does not understand; we know none.
+		return errors.New("critical header parameters are not supported")
+	case "kid", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256":
+		// The key is the one registered for sub; a header that names or
+		// carries another is refused, not half-honoured.
+		return fmt.Errorf("header parameter %q is not accepted", name)
+	case "typ":
+		if v != "JWT" {
+			return fmt.Errorf("typ %v, want JWT", v)
 		}
-		var buf [72]byte
-		digest := sha256.Sum256(msg)
-		return ecdsa.VerifyASN1(k, digest[:], asn1Signature(buf[:0], sig[:32], sig[32:]))
 	}
-	return false
+	return nil
 }
 
-// asn1Signature appends the DER ECDSA-Sig-Value SEQUENCE { r, s } for the
-// big-endian 32-byte integers r and s.
-func asn1Signature(dst, r, s []byte) []byte {
-	intLen := func(x []byte) int {
-		for len(x) > 1 && x[0] == 0 {
-			x = x[1:]
+// tokenError turns an error from golang-jwt's parser into one that matches
+// exactly one of this package's sentinels.
+func tokenError(err error, tok *jwt.Token, c *tokenClaims, alg string) error {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return wrap(ErrTokenMalformed, "%v", err)
+	case tok == nil || tok.Method == nil || tok.Method.Alg() != alg:
+		// alg missing, unknown (golang-jwt matches it case-sensitively, so
+		// "None" is unknown), or not the one the key pins ("none" among them).
+		var got any
+		if tok != nil {
+			got = tok.Header["alg"]
 		}
-		if x[0]&0x80 != 0 {
-			return len(x) + 1
-		}
-		return len(x)
+		return wrap(ErrTokenAlgorithm, "alg %v, device key needs %s", got, alg)
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return wrap(ErrTokenSignature, "%v", err)
+	case c.invalid != nil:
+		return c.invalid
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer), errors.Is(err, jwt.ErrTokenInvalidSubject):
+		return wrap(ErrTokenClaims, "iss differs from sub")
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return wrap(ErrTokenNotYetValid, "issued at %s", numericDate(c.Iat).Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return wrap(ErrTokenNotYetValid, "not before %s", numericDate(c.Nbf).Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return wrap(ErrTokenExpired, "expired at %s", numericDate(c.Exp).Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenInvalidAudience),
+		errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && c.Iss != "":
+		// A missing iss or aud is reported alike; iss is here.
+		aud, _ := c.GetAudience()
+		return wrap(ErrTokenAudience, "token is for %q", []string(aud))
 	}
-	appendInt := func(dst, x []byte) []byte {
-		for len(x) > 1 && x[0] == 0 {
-			x = x[1:]
-		}
-		dst = append(dst, 0x02, byte(intLen(x)))
-		if x[0]&0x80 != 0 {
-			dst = append(dst, 0)
-		}
-		return append(dst, x...)
+	return wrap(ErrTokenClaims, "%v", err)
+}
+
+// tokenClaims are a device token's claims as golang-jwt decodes them, with
+// the checks it lacks in Validate. Times are JSON numbers (RFC 7519
+// NumericDate), possibly fractional; golang-jwt's NumericDate accepts any
+// number, so they are decoded and range-checked here.
+type tokenClaims struct {
+	Iss string          `json:"iss"`
+	Sub string          `json:"sub"`
+	Aud json.RawMessage `json:"aud"` // a string or an array of strings
+	Iat *float64        `json:"iat"`
+	Exp *float64        `json:"exp"`
+	Nbf *float64        `json:"nbf"`
+	Jti string          `json:"jti"`
+
+	maxLife time.Duration // set by the verifier, not a claim
+	invalid error         // what Validate found, matching one sentinel
+}
+
+var _ jwt.ClaimsValidator = (*tokenClaims)(nil)
+
+// numericDate returns the time f says, or nil if there is no f or it is
+// negative or more than 2^40 seconds (some 34,000 years) away.
+func numericDate(f *float64) *jwt.NumericDate {
+	if f == nil || math.IsNaN(*f) || *f < 0 || *f > 1<<40 {
+		return nil
 	}
-	dst = append(dst, 0x30, byte(2+intLen(r)+2+intLen(s)))
-	return appendInt(appendInt(dst, r), s)
+	sec, frac := math.Modf(*f)
+	return &jwt.NumericDate{Time: time.Unix(int64(sec), int64(frac*1e9))}
+}
+
+// GetExpirationTime implements jwt.Claims.
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return numericDate(c.Exp), nil }
+
+// GetIssuedAt implements jwt.Claims.
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error) { return numericDate(c.Iat), nil }
+
+// GetNotBefore implements jwt.Claims.
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error) { return numericDate(c.Nbf), nil }
+
+// GetIssuer implements jwt.Claims.
+func (c *tokenClaims) GetIssuer() (string, error) { return c.Iss, nil }
+
+// GetSubject implements jwt.Claims.
+func (c *tokenClaims) GetSubject() (string, error) { return c.Sub, nil }
+
+// GetAudience implements jwt.Claims. An aud of another JSON type reads as
+// none here, and Validate refuses it.
+func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error) {
+	var aud jwt.ClaimStrings
+	if len(c.Aud) == 0 || aud.UnmarshalJSON(c.Aud) != nil {
+		return nil, nil
+	}
+	return aud, nil
+}
+
+// Validate implements jwt.ClaimsValidator: golang-jwt calls it after the
+// signature has verified, beside its own checks. It records what it finds
+// in c.invalid, which takes precedence over golang-jwt's findings.
+func (c *tokenClaims) Validate() error {
+	c.invalid = c.check()
+	return c.invalid
+}
+
+func (c *tokenClaims) check() error {
+	iat, exp := numericDate(c.Iat), numericDate(c.Exp)
+	switch {
+	case iat == nil || exp == nil:
+		return wrap(ErrTokenClaims, "iat and exp are required, as times")
+	case c.Nbf != nil && numericDate(c.Nbf) == nil:
+		return wrap(ErrTokenClaims, "nbf is not a time")
+	case c.Jti == "" || len(c.Jti) > maxJTI:
+		return wrap(ErrTokenClaims, "jti is required and at most %d bytes", maxJTI)
+	case !exp.After(iat.Time):
+		return wrap(ErrTokenClaims, "exp is not after iat")
+	case exp.Sub(iat.Time) > c.maxLife:
+		return wrap(ErrTokenLifetime, "%s, limit %s", exp.Sub(iat.Time), c.maxLife)
+	}
+	var aud jwt.ClaimStrings
+	if len(c.Aud) > 0 && aud.UnmarshalJSON(c.Aud) != nil {
+		return wrap(ErrTokenAudience, "aud is neither a string nor an array of strings")
+	}
+	return nil
 }
 
 // checkID is ID.Check without re-encoding the key through encoding/asn1:
@@ -389,196 +548,3 @@ var (
 	spkiPrefixP256    = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00}
 )
-
-type compactToken struct {
-	signingInput string
-	sig          []byte
-	header       struct {
-		Alg  string          `json:"alg"`
-		Typ  string          `json:"typ"`
-		Crit json.RawMessage `json:"crit"`
-	}
-	claims tokenClaims
-}
-
-// tokenClaims are the JSON claims of a device token (decodeClaims). Times
-// are JSON numbers (RFC 7519 NumericDate), possibly fractional.
-type tokenClaims struct {
-	Iss, Sub, Jti string
-	Aud           []byte // raw JSON: a string or an array of strings
-	Iat, Exp, Nbf *float64
-}
-
-var b64 = base64.RawURLEncoding.Strict()
-
-// The headers SignToken writes, base64url-encoded; a token carrying one of
-// them skips header decoding. Never written after initialisation.
-var (
-	headerES256 = b64.EncodeToString([]byte(`{"alg":"ES256","typ":"JWT"}`))
-	headerEdDSA = b64.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT"}`))
-)
-
-func parseCompact(s string) (*compactToken, error) {
-	// Only the base64url alphabet and the two dots: encoding/base64 would
-	// otherwise skip line breaks.
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return nil, wrap(ErrTokenMalformed, "byte %#x at %d", c, i)
-		}
-	}
-	h, rest, ok1 := strings.Cut(s, ".")
-	p, sig, ok2 := strings.Cut(rest, ".")
-	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 {
-		return nil, wrap(ErrTokenMalformed, "want three dot-separated parts")
-	}
-	t := &compactToken{signingInput: s[:len(h)+1+len(p)]}
-	var err error
-	if t.sig, err = b64.DecodeString(sig); err != nil {
-		return nil, wrap(ErrTokenMalformed, "signature: %v", err)
-	}
-	switch h {
-	case headerES256:
-		t.header.Alg = "ES256"
-	case headerEdDSA:
-		t.header.Alg = "EdDSA"
-	default:
-		hb, err := b64.DecodeString(h)
-		if err != nil {
-			return nil, wrap(ErrTokenMalformed, "header: %v", err)
-		}
-		if err := checkKeys(hb, headerNames); err != nil {
-			return nil, wrap(ErrTokenMalformed, "header: %v", err)
-		}
-		if err := json.Unmarshal(hb, &t.header); err != nil {
-			return nil, wrap(ErrTokenMalformed, "header: %v", err)
-		}
-		if t.header.Crit != nil {
-			return nil, wrap(ErrTokenMalformed, "critical header parameters are not supported")
-		}
-		if t.header.Typ != "" && t.header.Typ != "JWT" {
-			return nil, wrap(ErrTokenMalformed, "typ %q", t.header.Typ)
-		}
-	}
-	pb, err := b64.DecodeString(p)
-	if err != nil {
-		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
-	}
-	if err := decodeClaims(pb, &t.claims); err != nil {
-		return nil, wrap(ErrTokenMalformed, "claims: %v", err)
-	}
-	return t, nil
-}
-
-func numericDate(f *float64) (time.Time, bool) {
-	if f == nil || math.IsNaN(*f) || math.IsInf(*f, 0) || *f < 0 || *f > 1<<40 {
-		return time.Time{}, false
-	}
-	sec, frac := math.Modf(*f)
-	return time.Unix(int64(sec), int64(frac*1e9)), true
-}
-
-func (c *tokenClaims) audience() ([]string, bool) {
-	if len(c.Aud) == 0 {
-		return nil, false
-	}
-	// A plain string without escapes (the usual case) needs no decoding:
-	// encoding/json has already checked that it is a valid JSON string.
-	if n := len(c.Aud); n >= 2 && c.Aud[0] == '"' && c.Aud[n-1] == '"' && bytes.IndexByte(c.Aud, '\\') < 0 {
-		return []string{string(c.Aud[1 : n-1])}, true
-	}
-	var one string
-	if json.Unmarshal(c.Aud, &one) == nil {
-		return []string{one}, true
-	}
-	var many []string
-	if json.Unmarshal(c.Aud, &many) == nil {
-		return many, true
-	}
-	return nil, false
-}
-
-func (v *TokenVerifier) checkClaims(c *tokenClaims, dev ID) (*TokenClaims, error) {
-	now := v.cfg.Now()
-	skew := v.cfg.MaxSkew
-	iat, okI := numericDate(c.Iat)
-	exp, okE := numericDate(c.Exp)
-	switch {
-	case !okI || !okE:
-		return nil, wrap(ErrTokenClaims, "iat and exp are required")
-	case c.Jti == "" || len(c.Jti) > maxJTI:
-		return nil, wrap(ErrTokenClaims, "jti is required and at most %d bytes", maxJTI)
-	}
-	aud, okA := c.audience()
-	switch {
-	case !exp.After(iat):
-		return nil, wrap(ErrTokenClaims, "exp is not after iat")
-	case exp.Sub(iat) > v.cfg.MaxLifetime:
-		return nil, wrap(ErrTokenLifetime, "%s, limit %s", exp.Sub(iat), v.cfg.MaxLifetime)
-	case now.Add(skew).Before(iat):
-		return nil, wrap(ErrTokenNotYetValid, "issued at %s", iat.Format(time.RFC3339))
-	case !now.Add(-skew).Before(exp):
-		return nil, wrap(ErrTokenExpired, "expired at %s", exp.Format(time.RFC3339))
-	case !okA || !slices.Contains(aud, v.cfg.Audience):
-		return nil, wrap(ErrTokenAudience, "token is for %q", aud)
-	}
-	if c.Nbf != nil {
-		nbf, ok := numericDate(c.Nbf)
-		if !ok {
-			return nil, wrap(ErrTokenClaims, "nbf is not a time")
-		}
-		if now.Add(skew).Before(nbf) {
-			return nil, wrap(ErrTokenNotYetValid, "not before %s", nbf.Format(time.RFC3339))
-		}
-	}
-	if err := v.remember(replayKey{dev, c.Jti}, exp.Add(skew), now); err != nil {
-		return nil, err
-	}
-	return &TokenClaims{Device: dev, Audience: v.cfg.Audience, IssuedAt: iat, Expires: exp, TokenID: c.Jti}, nil
-}
-
-// remember records k until forget, refusing a key already present.
-func (v *TokenVerifier) remember(k replayKey, forget, now time.Time) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for len(v.expiry) > 0 && !v.expiry[0].at.After(now) {
-		e := heap.Pop(&v.expiry).(replayEntry)
-		delete(v.seen, e.key)
-		if n := v.perDev[e.key.dev] - 1; n > 0 {
-			v.perDev[e.key.dev] = n
-		} else {
-			delete(v.perDev, e.key.dev)
-		}
-	}
-	if _, ok := v.seen[k]; ok {
-		return wrap(ErrTokenReplay, "jti %q of %s", k.jti, k.dev)
-	}
-	if v.perDev[k.dev] >= v.cfg.MaxLiveTokens {
-		return wrap(ErrReplayCacheFull, "%s has %d live tokens", k.dev, v.perDev[k.dev])
-	}
-	if len(v.seen) >= v.cfg.ReplayCapacity {
-		return ErrReplayCacheFull
-	}
-	v.seen[k] = struct{}{}
-	v.perDev[k.dev]++
-	heap.Push(&v.expiry, replayEntry{key: k, at: forget})
-	return nil
-}
-
-type replayEntry struct {
-	key replayKey
-	at  time.Time
-}
-
-// replayHeap orders remembered tokens by when they may be forgotten.
-type replayHeap []replayEntry
-
-func (h replayHeap) Len() int           { return len(h) }
-func (h replayHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h replayHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *replayHeap) Push(x any)        { *h = append(*h, x.(replayEntry)) }
-func (h *replayHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
-}

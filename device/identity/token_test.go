@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -223,7 +224,7 @@ func TestTokenReplay(t *testing.T) {
 	if _, err := e.v.Verify(ctx, e.sign(t, TokenParams{})); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(e.v.seen); n != 1 {
+	if n := e.v.cfg.Replay.(*MemoryReplayCache).Len(); n != 1 {
 		t.Errorf("%d token IDs remembered after expiry, want 1", n)
 	}
 }
@@ -272,7 +273,7 @@ func TestTokenReplayCacheBounded(t *testing.T) {
 	if _, err := e.v.Verify(ctx, e.sign(t, TokenParams{})); err != nil {
 		t.Fatalf("after expiry: %v", err)
 	}
-	if n := len(e.v.seen); n != 3 {
+	if n := e.v.cfg.Replay.(*MemoryReplayCache).Len(); n != 3 {
 		t.Errorf("%d remembered, want 3", n)
 	}
 }
@@ -376,4 +377,196 @@ func TestTokenHeaderAndClaimForms(t *testing.T) {
 	if _, err := e.v.Verify(ctx, good+".x"); !errors.Is(err, ErrTokenMalformed) {
 		t.Errorf("four parts: %v", err)
 	}
+}
+
+// TestTokenHostile covers forgeries and malformations beyond
+// TestTokenBadInput: spellings of alg, headers that name a key, repeated
+// and disguised names, base64 that is not canonical, DER signatures,
+// segments, size and nesting.
+func TestTokenHostile(t *testing.T) {
+	ctx := context.Background()
+	e := newTokenEnv(t, P256, VerifierConfig{})
+	ed := newTokenEnv(t, Ed25519, VerifierConfig{})
+	big := newTokenEnv(t, P256, VerifierConfig{MaxSize: 64 << 10})
+	attacker := mustKey(t, P256)
+	hdr := func(kv ...any) map[string]any {
+		h := map[string]any{"alg": "ES256"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			h[kv[i].(string)] = kv[i+1]
+		}
+		return h
+	}
+	hs256 := func(secret []byte) func([]byte) []byte {
+		return func(in []byte) []byte {
+			m := hmac.New(sha256.New, secret)
+			m.Write(in)
+			return m.Sum(nil)
+		}
+	}
+	ecPub, _ := e.key.Public().(*ecdsa.PublicKey).Bytes()
+	edPub := []byte(ed.key.Public().(ed25519.PublicKey))
+	attackerJWK := map[string]any{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}
+
+	// A valid ES256 token with its signature in DER instead of r||s.
+	good := e.sign(t, TokenParams{})
+	dot := strings.LastIndexByte(good, '.')
+	rs, _ := b64.DecodeString(good[dot+1:])
+	der := asn1Signature(nil, rs[:32], rs[32:])
+	derTok := good[:dot+1] + b64.EncodeToString(der)
+	// Non-canonical base64: the last character of a segment with unused
+	// low bits set decodes to the same bytes under a lenient decoder.
+	// (A segment whose length is a multiple of 4 has no unused bits.)
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	noncanon := func(seg string) string {
+		if len(seg)%4 == 0 {
+			t.Fatalf("segment %q has no unused bits", seg)
+		}
+		last := strings.IndexByte(alphabet, seg[len(seg)-1])
+		out := seg[:len(seg)-1] + alphabet[last^1:last^1+1]
+		a, _ := base64.RawURLEncoding.DecodeString(seg)
+		if b, err := base64.RawURLEncoding.DecodeString(out); err != nil || string(a) != string(b) {
+			t.Fatalf("%q is not a lenient spelling of %q", out, seg)
+		}
+		return out
+	}
+	parts := strings.Split(good, ".")
+	// Claims and header with unused bits, non-canonical, signed as they
+	// are: only strict decoding refuses them.
+	sloppy := e.body("")
+	for len(sloppy)%3 == 0 {
+		sloppy = sloppy[:len(sloppy)-1] + " }"
+	}
+	signedAs := func(h, c string) string { return h + "." + c + "." + b64.EncodeToString(es256(e.key)([]byte(h+"."+c))) }
+	sloppyClaims := signedAs(parts[0], noncanon(b64.EncodeToString([]byte(sloppy))))
+	sloppyHeader := signedAs(noncanon(b64.EncodeToString([]byte(`{"alg":"ES256" }`))), b64.EncodeToString([]byte(e.body(""))))
+	deepClaims := big.body(`,"x":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000))
+	deepHeader := `{"alg":"ES256","x":` + strings.Repeat(`{"a":`, 5000) + "1" + strings.Repeat("}", 5000) + `}`
+	nested := strings.Repeat("[", maxJSONDepth-1) + strings.Repeat("]", maxJSONDepth-1)
+
+	cases := []struct {
+		name string
+		v    *TokenVerifier
+		tok  string
+		want error
+	}{
+		{"alg NONE", e.v, craft(hdr("alg", "NONE"), e.claims(), nil), ErrTokenAlgorithm},
+		{"alg nOnE", e.v, craft(hdr("alg", "nOnE"), e.claims(), nil), ErrTokenAlgorithm},
+		{"alg none with a signature", e.v, craft(hdr("alg", "none"), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"alg es256", e.v, craft(hdr("alg", "es256"), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"alg EDDSA", ed.v, craft(hdr("alg", "EDDSA"), ed.claims(), eddsa(ed.key)), ErrTokenAlgorithm},
+		{"alg Ed25519", ed.v, craft(hdr("alg", "Ed25519"), ed.claims(), eddsa(ed.key)), ErrTokenAlgorithm},
+		{"alg empty", e.v, craft(hdr("alg", ""), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"alg missing", e.v, craft(map[string]any{"typ": "JWT"}, e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"alg a number", e.v, craft(hdr("alg", 256), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"ES384 from a P-256 key", e.v, craft(hdr("alg", "ES384"), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"HS256 keyed with the raw P-256 point", e.v, craft(hdr("alg", "HS256"), e.claims(), hs256(ecPub)), ErrTokenAlgorithm},
+		{"HS256 keyed with the Ed25519 key", ed.v, craft(hdr("alg", "HS256"), ed.claims(), hs256(edPub)), ErrTokenAlgorithm},
+		{"HS512 keyed with the Ed25519 key", ed.v, craft(hdr("alg", "HS512"), ed.claims(), hs256(edPub)), ErrTokenAlgorithm},
+		{"RS256", e.v, craft(hdr("alg", "RS256"), e.claims(), es256(e.key)), ErrTokenAlgorithm},
+		{"jwk header with the attacker's key", e.v, craft(hdr("jwk", attackerJWK), e.claims(), es256(attacker)), ErrTokenMalformed},
+		{"jwk header, device's signature", e.v, craft(hdr("jwk", attackerJWK), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"kid header", e.v, craft(hdr("kid", "1"), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"jku header", e.v, craft(hdr("jku", "https://evil.example/jwks"), e.claims(), es256(attacker)), ErrTokenMalformed},
+		{"x5u header", e.v, craft(hdr("x5u", "https://evil.example/cert"), e.claims(), es256(attacker)), ErrTokenMalformed},
+		{"x5c header", e.v, craft(hdr("x5c", []string{"MIIB"}), e.claims(), es256(attacker)), ErrTokenMalformed},
+		{"x5t header", e.v, craft(hdr("x5t", "AAAA"), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"KID header", e.v, craft(hdr("KID", "1"), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"kid spelt with the Kelvin sign", e.v, craft(hdr("\u212aid", "1"), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"crit empty", e.v, craft(hdr("crit", []string{}), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"typ jwt", e.v, craft(hdr("typ", "jwt"), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"typ a number", e.v, craft(hdr("typ", 1), e.claims(), es256(e.key)), ErrTokenMalformed},
+		{"repeated typ", e.v, e.raw(es256(e.key), `{"alg":"ES256","typ":"JWT","typ":"JWT"}`, e.body("")), ErrTokenMalformed},
+		{"repeated sub", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"sub":"`+ed.id.String()+`"`)), ErrTokenMalformed},
+		{"repeated name in a nested object", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"x":{"a":1,"a":2}`)), ErrTokenMalformed},
+		{"sub spelt with a long s", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"ſub":"`+ed.id.String()+`"`)), ErrTokenMalformed},
+		{"exp in upper case", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"EXP":1`)), ErrTokenMalformed},
+		{"escaped name in the header", e.v, e.raw(es256(e.key), `{"\u0061lg":"ES256"}`, e.body("")), ErrTokenMalformed},
+		{"header an array", e.v, e.raw(es256(e.key), `["ES256"]`, e.body("")), ErrTokenMalformed},
+		{"data after the claims", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body("")+`{}`), ErrTokenMalformed},
+		{"DER signature", e.v, derTok, ErrTokenSignature},
+		{"empty signature", e.v, good[:dot+1], ErrTokenSignature},
+		{"non-canonical base64 signature", e.v, parts[0] + "." + parts[1] + "." + noncanon(parts[2]), ErrTokenMalformed},
+		{"non-canonical base64 claims", e.v, sloppyClaims, ErrTokenMalformed},
+		{"non-canonical base64 header", e.v, sloppyHeader, ErrTokenMalformed},
+		{"padded signature", e.v, good + "==", ErrTokenMalformed},
+		{"standard base64 alphabet", e.v, strings.NewReplacer("-", "+", "_", "/").Replace(good) + "+/", ErrTokenMalformed},
+		{"space in the token", e.v, parts[0] + " ." + parts[1] + "." + parts[2], ErrTokenMalformed},
+		{"five segments", e.v, good + ".x.y", ErrTokenMalformed},
+		{"trailing dot", e.v, good + ".", ErrTokenMalformed},
+		{"one segment", e.v, parts[1], ErrTokenMalformed},
+		{"empty segments", e.v, "..", ErrTokenMalformed},
+		{"one byte over the size cap", e.v, good + strings.Repeat("A", DefaultMaxTokenSize+1-len(good)), ErrTokenTooLarge},
+		{"claims nested 10000 deep", big.v, big.raw(es256(big.key), `{"alg":"ES256"}`, deepClaims), ErrTokenMalformed},
+		{"header nested 5000 deep", big.v, big.raw(es256(big.key), deepHeader, big.body("")), ErrTokenMalformed},
+		{"claims nested one too deep", e.v, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"x":[`+nested+`]`)), ErrTokenMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.v.Verify(ctx, tc.tok)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Verify = %+v, %v; want %v", c, err, tc.want)
+			}
+		})
+	}
+
+	// Nesting up to the bound is fine, and so is a token that nearly
+	// fills a raised size cap.
+	if _, err := e.v.Verify(ctx, e.raw(es256(e.key), `{"alg":"ES256"}`, e.body(`,"x":`+nested))); err != nil {
+		t.Errorf("nested to the bound: %v", err)
+	}
+	for name, fill := range map[string]func(int) string{"padding": padding, "members": members} {
+		tok := big.sizedToken(t, 64<<10, fill)
+		if _, err := big.v.Verify(ctx, tok); err != nil || len(tok) < 64<<10-16 {
+			t.Errorf("%d-byte token with %s: %v", len(tok), name, err)
+		}
+	}
+}
+
+// raw signs a hand-written header and claims.
+func (e *tokenEnv) raw(sign func([]byte) []byte, header, body string) string {
+	in := b64.EncodeToString([]byte(header)) + "." + b64.EncodeToString([]byte(body))
+	return in + "." + b64.EncodeToString(sign([]byte(in)))
+}
+
+// body returns hand-written valid claims of e's device with extra, which
+// is empty or starts with a comma, at their end.
+func (e *tokenEnv) body(extra string) string {
+	c := e.claims()
+	return `{"iss":"` + c["iss"].(string) + `","sub":"` + c["sub"].(string) + `","aud":"` + testAud +
+		`","iat":` + itoa(c["iat"]) + `,"exp":` + itoa(c["exp"]) + `,"jti":"` + c["jti"].(string) + `"` + extra + `}`
+}
+
+// sizedToken returns the longest valid ES256 token of e's device (a P-256
+// one) no longer than size whose claims end with fill(n) for some n; the
+// length of fill(n) must grow with n.
+func (e *tokenEnv) sizedToken(t testing.TB, size int, fill func(n int) string) string {
+	t.Helper()
+	mk := func(n int) string { return e.raw(es256(e.key), `{"alg":"ES256","typ":"JWT"}`, e.body(fill(n))) }
+	lo, hi := 0, size
+	if len(mk(lo)) > size {
+		t.Fatalf("no token fits in %d bytes", size)
+	}
+	for lo < hi {
+		if mid := (lo + hi + 1) / 2; len(mk(mid)) <= size {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return mk(lo)
+}
+
+// padding is a claim of one long string: n bytes of it.
+func padding(n int) string { return `,"pad":"` + strings.Repeat("p", n) + `"` }
+
+// members is n claims with short distinct names: the most members a size
+// allows, the worst case for the repeated-name check.
+func members(n int) string {
+	var sb strings.Builder
+	for i := range n {
+		sb.WriteString(`,"`)
+		sb.WriteString(strconv.Itoa(i))
+		sb.WriteString(`":0`)
+	}
+	return sb.String()
 }

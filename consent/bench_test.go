@@ -2,8 +2,13 @@ package consent
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	"math/big"
 	"testing"
 	"time"
 
@@ -41,7 +46,7 @@ func BenchmarkRecordVerify(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				t0 := time.Now()
-				if !identity.VerifySignature(pub, tbs, m.Signature) {
+				if !rawVerify(pub, tbs, m.Signature) {
 					b.Fatal("raw verify failed")
 				}
 				t1 := time.Now()
@@ -92,4 +97,17 @@ func BenchmarkLogAppend(b *testing.B) {
 			b.ReportMetric(float64(len(c)*32), fmt.Sprintf("consistency-bytes@%d", size))
 		}
 	}
+}
+
+// rawVerify checks a COSE signature (r||s for ES256) with the standard
+// library alone: the baseline of BenchmarkRecordVerify.
+func rawVerify(pub crypto.PublicKey, msg, sig []byte) bool {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, msg, sig)
+	case *ecdsa.PublicKey:
+		digest := sha256.Sum256(msg)
+		return len(sig) == 64 && ecdsa.Verify(k, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+	}
+	return false
 }

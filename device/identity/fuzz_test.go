@@ -71,7 +71,7 @@ func FuzzVerifyToken(f *testing.F) {
 	tok := signed(`{"alg":"ES256"}`, claims(""))
 	dot := strings.LastIndexByte(tok, '.')
 	rs, _ := b64.DecodeString(tok[dot+1:])
-	f.Add(tok[:dot+1] + b64.EncodeToString(asn1Signature(nil, rs[:32], rs[32:])))
+	f.Add(tok[:dot+1] + b64.EncodeToString(derSignature(rs[:32], rs[32:])))
 	keyFunc, err := StaticKeys(pubs...)
 	if err != nil {
 		f.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/json"
 	"io"
 	"math/big"
@@ -86,3 +87,13 @@ func (c *testChain) issueRaw(t testing.TB, tmpl *x509.Certificate, pub crypto.Pu
 func bigOne() *big.Int { return big.NewInt(1) }
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// derSignature writes an r||s ECDSA signature in ASN.1 DER, the form JOSE
+// does not allow.
+func derSignature(r, s []byte) []byte {
+	der, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(r), new(big.Int).SetBytes(s)})
+	if err != nil {
+		panic(err)
+	}
+	return der
+}

@@ -1,16 +1,13 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
-	"math/big"
 	"net/url"
 	"os"
 	"strings"
@@ -199,70 +196,5 @@ func TestKeyFileOddInput(t *testing.T) {
 	}
 	if _, err := LoadKeyFile(dir); !errors.Is(err, ErrMalformedKey) {
 		t.Errorf("directory: %v, want ErrMalformedKey", err)
-	}
-}
-
-func TestASN1Signature(t *testing.T) {
-	// The DER form must match encoding/asn1's for every shape of r and s:
-	// leading zeros, high bits set, zero.
-	cases := [][2][]byte{}
-	mk := func(first byte, zeros int) []byte {
-		b := make([]byte, 32)
-		for i := range b {
-			b[i] = 0x5a
-		}
-		for i := 0; i < zeros; i++ {
-			b[i] = 0
-		}
-		if zeros < 32 {
-			b[zeros] = first
-		}
-		return b
-	}
-	for _, f := range []byte{0x01, 0x7f, 0x80, 0xff} {
-		for _, z := range []int{0, 1, 5, 31, 32} {
-			cases = append(cases, [2][]byte{mk(f, z), mk(0xff-f, 32-z)})
-		}
-	}
-	for _, c := range cases {
-		want, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(c[0]), new(big.Int).SetBytes(c[1])})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := asn1Signature(nil, c[0], c[1]); !bytes.Equal(got, want) {
-			t.Fatalf("r=%x s=%x:\n got %x\nwant %x", c[0], c[1], got, want)
-		}
-	}
-}
-
-func TestVerifySignature(t *testing.T) {
-	msg := []byte("Signature1 payload")
-	for _, kt := range []KeyType{P256, Ed25519} {
-		k := mustKey(t, kt)
-		sig, err := signJWS(k, kt, string(msg))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !VerifySignature(k.Public(), msg, sig) {
-			t.Fatalf("%v: valid signature refused", kt)
-		}
-		bad := append([]byte(nil), sig...)
-		bad[5] ^= 1
-		for name, c := range map[string]struct {
-			pub crypto.PublicKey
-			sig []byte
-		}{
-			"flipped bit":  {k.Public(), bad},
-			"short":        {k.Public(), sig[:63]},
-			"long":         {k.Public(), append(sig, 0)},
-			"other key":    {mustKey(t, kt).Public(), sig},
-			"nil key":      {nil, sig},
-			"incomplete":   {&ecdsa.PublicKey{Curve: elliptic.P256()}, sig},
-			"RSA-ish type": {"not a key", sig},
-		} {
-			if VerifySignature(c.pub, msg, c.sig) {
-				t.Errorf("%v: %s verified", kt, name)
-			}
-		}
 	}
 }

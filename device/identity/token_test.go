@@ -411,7 +411,7 @@ func TestTokenHostile(t *testing.T) {
 	good := e.sign(t, TokenParams{})
 	dot := strings.LastIndexByte(good, '.')
 	rs, _ := b64.DecodeString(good[dot+1:])
-	der := asn1Signature(nil, rs[:32], rs[32:])
+	der := derSignature(rs[:32], rs[32:])
 	derTok := good[:dot+1] + b64.EncodeToString(der)
 	// Non-canonical base64: the last character of a segment with unused
 	// low bits set decodes to the same bytes under a lenient decoder.

@@ -62,8 +62,9 @@ func BenchmarkLogAppend(b *testing.B) {
 	const total = 1_000_000
 	ctx := context.Background()
 	skey, _, _ := note.GenerateKey(rand.Reader, "consent.example/log")
+	signer, _ := note.NewSigner(skey)
 	for b.Loop() {
-		l, err := OpenLog(ctx, &MemLogStore{}, skey)
+		l, err := OpenLog(ctx, &MemLogStore{}, signer)
 		if err != nil {
 			b.Fatal(err)
 		}

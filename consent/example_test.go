@@ -32,7 +32,8 @@ func Example() {
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.acme.example")
 	store, _ := consent.OpenFileLogStore(filepath.Join(dir, "consent.log"))
 	defer store.Close()
-	log, _ := consent.OpenLog(ctx, store, skey)
+	signer, _ := note.NewSigner(skey)
+	log, _ := consent.OpenLog(ctx, store, signer)
 	history := consent.NewHistory("subj-7f3a")
 
 	// record signs an event in the app, then verifies, logs and applies it

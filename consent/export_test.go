@@ -17,7 +17,8 @@ func TestExport(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t)
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
-	l, _ := OpenLog(ctx, &MemLogStore{}, skey)
+	signer, _ := note.NewSigner(skey)
+	l, _ := OpenLog(ctx, &MemLogStore{}, signer)
 	add := func(r *Record) {
 		msg, err := Sign(r, w.k.app, []byte("app-1"))
 		must(t, err)

@@ -46,8 +46,12 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fx := &fuzzLog{store: &MemLogStore{}, vkey: vkey, ckpts: make([]*Checkpoint, fuzzLogSize+1)}
-	if fx.log, err = OpenLog(ctx, fx.store, skey); err != nil {
+	if fx.log, err = OpenLog(ctx, fx.store, signer); err != nil {
 		t.Fatal(err)
 	}
 	appSeed := sha256.Sum256([]byte("consent fuzz app key"))
@@ -91,6 +95,14 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 	}
 	fx.export = h.Export()
 	return fx
+}
+
+// root returns the fuzz log's root at size n: the empty tree's for 0.
+func (fx *fuzzLog) root(n int64) Hash {
+	if n == 0 {
+		return emptyRoot()
+	}
+	return fx.ckpts[n].Hash
 }
 
 // proofSentinels are the errors of VerifyReceipt, VerifyConsistency and
@@ -148,12 +160,9 @@ func FuzzMonitor(f *testing.F) {
 			if old > n {
 				continue
 			}
-			var proof []tlog.Hash
-			if old > 0 {
-				var err error
-				if proof, err = tlog.ProveTree(n, old, fx.log.hashReader(ctx)); err != nil {
-					f.Fatal(err)
-				}
+			proof, err := fx.log.ProveConsistency(ctx, old, n)
+			if err != nil {
+				f.Fatal(err)
 			}
 			f.Add(uint8(old), fx.ckpts[n].Signed, flatten(proof))
 		}
@@ -200,7 +209,7 @@ func FuzzVerifyConsistency(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
 	for _, c := range [][2]int64{{1, 20}, {7, 13}, {13, 13}, {3, 4}} {
-		proof, err := tlog.ProveTree(c[1], c[0], fx.log.hashReader(ctx))
+		proof, err := fx.log.ProveConsistency(ctx, c[0], c[1])
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -225,7 +234,7 @@ func FuzzVerifyConsistency(f *testing.F) {
 		if newer.Size < older.Size {
 			t.Fatalf("accepted size %d after %d", newer.Size, older.Size)
 		}
-		if !fuzzNewer && (size < 1 || claimed.Hash != fx.ckpts[size].Hash) {
+		if !fuzzNewer && claimed.Hash != fx.root(size) {
 			t.Fatalf("proof links the log at size %d back to a root %x it never had at size %d", known.Size, claimed.Hash[:], size)
 		}
 		if fuzzNewer && size == known.Size && claimed.Hash != known.Hash {
@@ -277,14 +286,14 @@ func FuzzExportReceipts(f *testing.F) {
 
 // FuzzOpenFileLogStore opens arbitrary log files. A refusal is
 // ErrLogCorrupt and leaves the file as it was. An open store holds the
-// file's leading frames, re-encoded byte for byte, and cuts off only what
-// load documents as a torn final append; its hashes are those of its
-// entries, every entry has a receipt that verifies, and the store takes
-// the next append and reopens with it.
+// file's leading frames, whole batches only, and cuts off only what
+// OpenFileLogStore documents as a torn final batch; its hashes are those
+// of its entries, every entry has a receipt that verifies, and the store
+// takes the next append and reopens with it.
 func FuzzOpenFileLogStore(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
-	skey := fx.log.signer
+	signer := fx.log.signer
 	f.Fuzz(func(t *testing.T, file []byte) {
 		path := filepath.Join(t.TempDir(), "consent.log")
 		if err := os.WriteFile(path, file, 0o600); err != nil {
@@ -305,35 +314,42 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			return
 		}
 		defer st.Close()
+		if !bytes.HasPrefix(file, after) {
+			t.Fatal("opening rewrote the file")
+		}
 		n, _ := st.Size(ctx)
-		mem := &MemLogStore{}
-		var frames []byte
+		frames, rest, more := parseFrames(after, 0)
+		if len(rest) != 0 || more || int64(len(frames)) != n {
+			t.Fatalf("the file after opening (%d bytes) is not %d whole batches of frames: %d frames, %d bytes over, last batch open %v", len(after), n, len(frames), len(rest), more)
+		}
+		var hashes []tlog.Hash
 		for i := range n {
 			data, err := st.Entry(ctx, i)
 			if err != nil {
 				t.Fatalf("entry %d of %d: %v", i, n, err)
 			}
-			frames = append(frames, logFrame(i, data)...)
+			if !bytes.Equal(data, frames[i]) {
+				t.Fatalf("entry %d is not its frame's data", i)
+			}
 			hs, err := tlog.StoredHashes(i, data, tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-				return mem.ReadHashes(ctx, idx)
+				out := make([]tlog.Hash, len(idx))
+				for j, x := range idx {
+					out[j] = hashes[x]
+				}
+				return out, nil
 			}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := mem.Append(ctx, i, data, hs); err != nil {
-				t.Fatal(err)
+			hashes = append(hashes, hs...)
+			if j, ok, _ := st.Find(ctx, LeafHash(data)); !ok || j > i || !bytes.Equal(frames[j], data) {
+				t.Fatalf("Find(entry %d) = %d, %v", i, j, ok)
 			}
 		}
-		if !bytes.Equal(after, frames) {
-			t.Fatalf("the file after opening (%d bytes) is not its %d entries' frames", len(after), n)
+		if tail := file[len(after):]; !tornBatch(tail, n) {
+			t.Fatalf("cut %d bytes after entry %d that are not a torn batch: %x", len(tail), n, tail[:min(len(tail), 64)])
 		}
-		if !bytes.HasPrefix(file, after) {
-			t.Fatal("opening rewrote the file")
-		}
-		if tail := file[len(after):]; !tornAppend(tail, n) {
-			t.Fatalf("cut %d bytes after entry %d that are not a torn append: %x", len(tail), n, tail[:min(len(tail), 64)])
-		}
-		idx := make([]int64, tlog.StoredHashCount(n))
+		idx := make([]int64, len(hashes))
 		for i := range idx {
 			idx[i] = int64(i)
 		}
@@ -341,13 +357,15 @@ func FuzzOpenFileLogStore(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := mem.ReadHashes(ctx, idx)
-		for i := range want {
-			if got[i] != want[i] {
+		for i := range hashes {
+			if got[i] != Hash(hashes[i]) {
 				t.Fatalf("stored hash %d differs from the hash of the entries", i)
 			}
 		}
-		l := &Log{store: st, signer: skey, origin: skey.Name(), size: n}
+		l, err := OpenLog(ctx, st, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
 		ck, err := l.Checkpoint(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -357,13 +375,17 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data, _ := st.Entry(ctx, i)
-			if err := VerifyReceipt(&Receipt{Index: i, Proof: p, Checkpoint: ck.Signed}, data, fx.vkey); err != nil {
+			if err := VerifyReceipt(&Receipt{Index: i, Proof: p, Checkpoint: ck.Signed}, frames[i], fx.vkey); err != nil {
 				t.Fatalf("entry %d: %v", i, err)
 			}
 		}
-		if _, err := l.Append(ctx, []byte("next")); err != nil {
+		r, err := l.Append(ctx, []byte("next"))
+		if err != nil {
 			t.Fatalf("append after opening: %v", err)
+		}
+		want := n + 1
+		if r.Index < n {
+			want = n // the file held "next" already
 		}
 		st.Close()
 		st2, err := OpenFileLogStore(path)
@@ -371,44 +393,79 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			t.Fatalf("reopening after an append: %v", err)
 		}
 		defer st2.Close()
-		if m, _ := st2.Size(ctx); m != n+1 {
-			t.Fatalf("reopened with %d entries, want %d", m, n+1)
+		if m, _ := st2.Size(ctx); m != want {
+			t.Fatalf("reopened with %d entries, want %d", m, want)
 		}
 	})
 }
 
-// logFrame is the frame FileLogStore writes for entry n: length, index,
-// CRC-32C of those, CRC-32C of the data, the data.
-func logFrame(n int64, data []byte) []byte {
+// logFrame is the frame FileLogStore writes for entry n: length (with
+// frameMore set if more frames of its batch follow), index, CRC-32C of
+// those, CRC-32C of the data, the data.
+func logFrame(n int64, data []byte, more bool) []byte {
+	word := uint32(len(data))
+	if more {
+		word |= frameMore
+	}
 	b := make([]byte, frameHeader, frameHeader+len(data))
-	binary.BigEndian.PutUint32(b[0:], uint32(len(data)))
+	binary.BigEndian.PutUint32(b[0:], word)
 	binary.BigEndian.PutUint64(b[4:], uint64(n))
 	binary.BigEndian.PutUint32(b[12:], crc32.Checksum(b[:12], castagnoli))
 	binary.BigEndian.PutUint32(b[16:], crc32.Checksum(data, castagnoli))
 	return append(b, data...)
 }
 
-// tornAppend reports whether tail, after n good frames, is what the
-// FileLogStore documentation lets opening cut: nothing, a partial header,
-// zeros, a whole header for entry n whose data runs past the end, or a
-// final frame for entry n whose data does not match its CRC.
-func tornAppend(tail []byte, n int64) bool {
-	if len(tail) < frameHeader || !hasNonZero(tail) {
+// parseFrames reads whole, valid frames from b for entries first,
+// first+1, ..., and returns their data, what follows them, and whether
+// the last frame read has frameMore set.
+func parseFrames(b []byte, first int64) (frames [][]byte, rest []byte, more bool) {
+	for len(b) >= frameHeader {
+		h := b[:frameHeader]
+		if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+			break
+		}
+		word := binary.BigEndian.Uint32(h)
+		length := int64(word &^ frameMore)
+		if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != first+int64(len(frames)) || frameHeader+length > int64(len(b)) {
+			break
+		}
+		data := b[frameHeader : frameHeader+length]
+		if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(h[16:]) {
+			break
+		}
+		frames = append(frames, data)
+		more = word&frameMore != 0
+		b = b[frameHeader+length:]
+	}
+	return frames, b, more
+}
+
+// tornBatch reports whether tail, after n good frames ending a batch, is
+// what the FileLogStore documentation lets opening cut: nothing, or
+// whole frames of a batch whose last frame is missing followed by nothing,
+// by a partial header, by zeros, by a whole header whose data runs past
+// the end, or by a final frame whose data does not match its CRC.
+func tornBatch(tail []byte, n int64) bool {
+	frames, rest, more := parseFrames(tail, n)
+	if len(frames) > 0 && !more {
+		return false // a whole batch was cut
+	}
+	if len(rest) < frameHeader || !hasNonZero(rest) {
 		return true
 	}
-	h := tail[:frameHeader]
+	h := rest[:frameHeader]
 	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
 		return false
 	}
-	length := int64(binary.BigEndian.Uint32(h[0:]))
-	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n {
+	length := int64(binary.BigEndian.Uint32(h[0:]) &^ frameMore)
+	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n+int64(len(frames)) {
 		return false
 	}
-	if frameHeader+length > int64(len(tail)) {
+	if frameHeader+length > int64(len(rest)) {
 		return true
 	}
-	return frameHeader+length == int64(len(tail)) &&
-		crc32.Checksum(tail[frameHeader:], castagnoli) != binary.BigEndian.Uint32(h[16:])
+	return frameHeader+length == int64(len(rest)) &&
+		crc32.Checksum(rest[frameHeader:], castagnoli) != binary.BigEndian.Uint32(h[16:])
 }
 
 func hasNonZero(b []byte) bool {
@@ -420,7 +477,7 @@ func hasNonZero(b []byte) bool {
 	return false
 }
 
-func flatten(p []tlog.Hash) []byte {
+func flatten(p []Hash) []byte {
 	var out []byte
 	for _, h := range p {
 		out = append(out, h[:]...)
@@ -428,13 +485,11 @@ func flatten(p []tlog.Hash) []byte {
 	return out
 }
 
-func unflatten(b []byte) []tlog.Hash {
-	var out []tlog.Hash
-	for len(b) >= tlog.HashSize {
-		var h tlog.Hash
-		copy(h[:], b)
-		out = append(out, h)
-		b = b[tlog.HashSize:]
+func unflatten(b []byte) []Hash {
+	var out []Hash
+	for len(b) >= len(Hash{}) {
+		out = append(out, Hash(b))
+		b = b[len(Hash{}):]
 	}
 	return out
 }

@@ -21,9 +21,13 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, string, string) {
+func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, note.Signer, string) {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "consent.example/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,11 +35,11 @@ func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, string, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLog(context.Background(), st, skey)
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l, st, skey, vkey
+	return l, st, signer, vkey
 }
 
 func entry(i int) []byte { return []byte(fmt.Sprintf("signed record %d", i)) }
@@ -111,7 +115,7 @@ func TestLogReceiptsAndConsistency(t *testing.T) {
 		t.Errorf("grown checkpoint: %v", err)
 	}
 	// A forged checkpoint: same size, another root.
-	forged := fmt.Sprintf("consent.example/log\n37\n%s\n", tlog.Hash{1}.String())
+	forged := fmt.Sprintf("consent.example/log\n37\n%s\n", Hash{1}.String())
 	if _, err := OpenCheckpoint([]byte(forged), vkey); !errors.Is(err, ErrBadCheckpoint) {
 		t.Errorf("unsigned checkpoint: %v", err)
 	}
@@ -121,7 +125,7 @@ func TestFileLogStoreTornAppend(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "consent.log")
-	l, st, skey, vkey := newTestLog(t, path)
+	l, st, signer, vkey := newTestLog(t, path)
 	var receipts []*Receipt
 	for i := range 10 {
 		r, err := l.Append(ctx, entry(i))
@@ -145,7 +149,7 @@ func TestFileLogStoreTornAppend(t *testing.T) {
 		if err != nil {
 			t.Fatalf("cut at %d: %v", cut, err)
 		}
-		l2, err := OpenLog(ctx, st2, skey)
+		l2, err := OpenLog(ctx, st2, signer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +247,11 @@ func TestLogSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	l, err := OpenLog(context.Background(), st, skey)
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +274,11 @@ func TestLogKillChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLog(context.Background(), st, os.Getenv("SENSIBLE_LOG_SKEY"))
+	signer, err := note.NewSigner(os.Getenv("SENSIBLE_LOG_SKEY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +358,7 @@ func TestFileLogStoreDamage(t *testing.T) {
 func TestFileLogStoreFailedAppend(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "consent.log")
-	l, st, skey, vkey := newTestLog(t, path)
+	l, st, signer, vkey := newTestLog(t, path)
 	r0, err := l.Append(ctx, entry(0))
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +377,7 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 	if st.broken == nil {
 		t.Fatal("store not marked broken after an append it could not undo")
 	}
-	if err := st.Append(ctx, 1, entry(1), hs); err == nil {
+	if err := st.Append(ctx, 1, []LogEntry{{Data: entry(1), Leaf: LeafHash(entry(1))}}, fromTlog(hs)); err == nil {
 		t.Fatal("store accepted an append after an append it could not undo")
 	}
 	// Reopened, the log holds what it held, and the receipt still verifies.
@@ -374,7 +386,7 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st2.Close()
-	l2, err := OpenLog(ctx, st2, skey)
+	l2, err := OpenLog(ctx, st2, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,14 +399,13 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 // proves nothing for a tree larger than itself.
 func TestHugeTreeSizes(t *testing.T) {
 	ctx := context.Background()
-	l, st, skey, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
+	l, st, signer, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
 	defer st.Close()
 	r, err := l.Append(ctx, entry(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ck, _ := OpenCheckpoint(r.Checkpoint, vkey)
-	signer, _ := note.NewSigner(skey)
 	huge := int64(1<<62 + 31)
 	signed, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\n%s\n", ck.Origin, huge, base64.StdEncoding.EncodeToString(ck.Hash[:]))}, signer)
 	if err != nil {
@@ -402,15 +413,15 @@ func TestHugeTreeSizes(t *testing.T) {
 	}
 	within(t, "OpenCheckpoint", func() error { _, err := OpenCheckpoint(signed, vkey); return err }, ErrBadCheckpoint)
 	within(t, "VerifyReceipt", func() error {
-		return VerifyReceipt(&Receipt{Index: 0, Proof: make([]tlog.Hash, 62), Checkpoint: signed}, entry(0), vkey)
+		return VerifyReceipt(&Receipt{Index: 0, Proof: make([]Hash, 62), Checkpoint: signed}, entry(0), vkey)
 	}, ErrBadCheckpoint)
 	m := NewMonitor(vkey)
 	if _, err := m.Update(r.Checkpoint, nil); err != nil {
 		t.Fatal(err)
 	}
-	within(t, "Monitor.Update", func() error { _, err := m.Update(signed, make([]tlog.Hash, 62)); return err }, ErrBadCheckpoint)
+	within(t, "Monitor.Update", func() error { _, err := m.Update(signed, make([]Hash, 62)); return err }, ErrBadCheckpoint)
 	within(t, "VerifyConsistency", func() error {
-		return VerifyConsistency(ck, &Checkpoint{Origin: ck.Origin, Size: huge, Hash: ck.Hash}, make([]tlog.Hash, 62))
+		return VerifyConsistency(ck, &Checkpoint{Origin: ck.Origin, Size: huge, Hash: ck.Hash}, make([]Hash, 62))
 	}, ErrBadCheckpoint)
 	within(t, "Prove", func() error { _, err := l.Prove(ctx, 0, huge); return err }, nil)
 	within(t, "ProveConsistency", func() error { _, err := l.ProveConsistency(ctx, 1, huge); return err }, nil)

@@ -71,13 +71,13 @@ var _ LogStore = (*FileLogStore)(nil)
 
 // OpenFileLogStore opens or creates the log file at path, locks it (or
 // fails with ErrLogLocked), and replays it. It cuts off a torn final
-// batch: frames of a batch whose last frame is missing, followed by
-// nothing, by a partial header, by zeros (as a file system leaves after a
-// power cut), by a whole header whose data runs past the end, or by a last
-// frame whose data does not match its CRC. Any other damage fails with
-// ErrLogCorrupt, and nothing is cut. This assumes what common file systems
-// do when a write is torn: what reaches the disk is a prefix of the write,
-// possibly followed by zeros.
+// batch: after the last whole batch, the frames of a batch whose last
+// frame never came, then at most one frame that is cut short or does not
+// match its CRCs, beyond which the file holds only zeros (as a file
+// system leaves after a power cut). Any other damage fails with
+// ErrLogCorrupt, and nothing is cut. This assumes what common file
+// systems do with a write torn by a crash: what reaches the disk is a
+// prefix of it, possibly followed by zeros.
 func OpenFileLogStore(path string) (*FileLogStore, error) {
 	_, statErr := os.Stat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -121,6 +121,18 @@ func (s *FileLogStore) load() error {
 	var batchOff int64
 	var batchEntries, batchHashes int
 	more := false
+	// A frame that is not whole or not valid is a torn write if nothing
+	// but zeros follows it; nonZeroEnd is where those zeros start.
+	nonZeroEnd := int64(-1)
+	torn := func(frameEnd int64) (bool, error) {
+		if nonZeroEnd < 0 {
+			var err error
+			if nonZeroEnd, err = s.nonZeroEnd(size); err != nil {
+				return false, err
+			}
+		}
+		return nonZeroEnd <= frameEnd, nil
+	}
 	for off < size {
 		if size-off < frameHeader {
 			break // torn header
@@ -129,10 +141,10 @@ func (s *FileLogStore) load() error {
 			return err
 		}
 		if crc32.Checksum(hdr[:12], castagnoli) != binary.BigEndian.Uint32(hdr[12:]) {
-			if zeros, err := s.allZero(off, size); err != nil {
+			if ok, err := torn(off + frameHeader); err != nil {
 				return err
-			} else if zeros {
-				break // the file system zero-filled a torn append
+			} else if ok {
+				break // a torn header, zero-filled after
 			}
 			return fmt.Errorf("%w: bad frame header at offset %d", ErrLogCorrupt, off)
 		}
@@ -150,8 +162,10 @@ func (s *FileLogStore) load() error {
 			return err
 		}
 		if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(hdr[16:]) {
-			if off+frameHeader+length == size {
-				break // a torn final frame
+			if ok, err := torn(off + frameHeader + length); err != nil {
+				return err
+			} else if ok {
+				break // torn data, zero-filled after
 			}
 			return fmt.Errorf("%w: bad frame data at offset %d", ErrLogCorrupt, off)
 		}
@@ -198,25 +212,24 @@ func (s *FileLogStore) load() error {
 	return nil
 }
 
-// allZero reports whether the file holds only zero bytes from off to size.
-func (s *FileLogStore) allZero(off, size int64) (bool, error) {
+// nonZeroEnd returns the offset just after the file's last non-zero
+// byte before size: 0 for a file of zeros.
+func (s *FileLogStore) nonZeroEnd(size int64) (int64, error) {
 	buf := make([]byte, 64<<10)
-	for off < size {
-		n, err := s.f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
-		for _, b := range buf[:n] {
-			if b != 0 {
-				return false, nil
+	for end := size; end > 0; {
+		start := max(0, end-int64(len(buf)))
+		chunk := buf[:end-start]
+		if _, err := s.f.ReadAt(chunk, start); err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+		for i := len(chunk) - 1; i >= 0; i-- {
+			if chunk[i] != 0 {
+				return start + int64(i) + 1, nil
 			}
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return false, err
-		}
-		off += int64(n)
-		if n == 0 {
-			break
-		}
+		end = start
 	}
-	return true, nil
+	return 0, nil
 }
 
 func (s *FileLogStore) reader() tlog.HashReader {

@@ -441,21 +441,26 @@ func parseFrames(b []byte, first int64) (frames [][]byte, rest []byte, more bool
 }
 
 // tornBatch reports whether tail, after n good frames ending a batch, is
-// what the FileLogStore documentation lets opening cut: nothing, or
-// whole frames of a batch whose last frame is missing followed by nothing,
-// by a partial header, by zeros, by a whole header whose data runs past
-// the end, or by a final frame whose data does not match its CRC.
+// what the FileLogStore documentation lets opening cut: nothing, or whole
+// frames of a batch whose last frame is missing followed by nothing, or by
+// one frame cut short or failing its CRCs beyond which there are only
+// zeros. A frame whose header checks out but names another entry or too
+// long a length is corruption.
 func tornBatch(tail []byte, n int64) bool {
 	frames, rest, more := parseFrames(tail, n)
 	if len(frames) > 0 && !more {
 		return false // a whole batch was cut
 	}
-	if len(rest) < frameHeader || !hasNonZero(rest) {
+	end := len(rest) // after the last non-zero byte
+	for end > 0 && rest[end-1] == 0 {
+		end--
+	}
+	if end == 0 || len(rest) < frameHeader {
 		return true
 	}
 	h := rest[:frameHeader]
 	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
-		return false
+		return end <= frameHeader
 	}
 	length := int64(binary.BigEndian.Uint32(h[0:]) &^ frameMore)
 	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n+int64(len(frames)) {
@@ -464,17 +469,8 @@ func tornBatch(tail []byte, n int64) bool {
 	if frameHeader+length > int64(len(rest)) {
 		return true
 	}
-	return frameHeader+length == int64(len(rest)) &&
-		crc32.Checksum(rest[frameHeader:], castagnoli) != binary.BigEndian.Uint32(h[16:])
-}
-
-func hasNonZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return true
-		}
-	}
-	return false
+	return int64(end) <= frameHeader+length &&
+		crc32.Checksum(rest[frameHeader:frameHeader+length], castagnoli) != binary.BigEndian.Uint32(h[16:])
 }
 
 func flatten(p []Hash) []byte {
@@ -554,6 +550,7 @@ func TestFuzzLogSeeds(t *testing.T) {
 	for name, want := range map[string]int64{
 		"five-entries": 5, "empty": 0, "torn-header": 5, "torn-data": 4, "zero-tail": 5, "bad-last-data": 4,
 		"bad-middle-data": -1, "bad-length": -1, "wrong-index": -1, "garbage-tail": -1,
+		"whole-batch": 5, "open-batch": 2, "torn-batch": 2, "torn-batch-zeros": 2, "bad-batch-middle": -1,
 	} {
 		path := filepath.Join(t.TempDir(), "consent.log")
 		os.WriteFile(path, readCorpus(t, "FuzzOpenFileLogStore", name)[0].([]byte), 0o600)

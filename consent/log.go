@@ -67,15 +67,16 @@ func (h Hash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 // that is not exactly 32 bytes in canonical base64 with padding. On error
 // h is unchanged.
 func (h *Hash) UnmarshalText(text []byte) error {
-	var tmp Hash
-	if len(text) != base64.StdEncoding.EncodedLen(len(tmp)) {
+	// Decode wants room for 33 bytes: 44 characters without padding.
+	var buf [33]byte
+	if len(text) != base64.StdEncoding.EncodedLen(len(h)) {
 		return fmt.Errorf("consent: hash of %d base64 characters, want 44", len(text))
 	}
-	n, err := base64.StdEncoding.Strict().Decode(tmp[:], text)
-	if err != nil || n != len(tmp) {
+	n, err := base64.StdEncoding.Strict().Decode(buf[:], text)
+	if err != nil || n != len(h) {
 		return fmt.Errorf("consent: hash %q is not base64 of 32 bytes", text)
 	}
-	*h = tmp
+	*h = Hash(buf[:32])
 	return nil
 }
 

@@ -330,7 +330,7 @@ func (l *Log) lead(ctx context.Context, self *appendReq) (*Receipt, error) {
 func (l *Log) commit(ctx context.Context, batch []*appendReq) ([]*Receipt, []error) {
 	receipts := make([]*Receipt, len(batch))
 	errs := make([]error, len(batch))
-	idx, err := l.insert(ctx, batch)
+	idx, size, err := l.insert(ctx, batch)
 	if err != nil {
 		if len(batch) > 1 && ctx.Err() == nil && !errors.Is(err, ErrLogConflict) {
 			for i := range batch {
@@ -344,7 +344,6 @@ func (l *Log) commit(ctx context.Context, batch []*appendReq) ([]*Receipt, []err
 		}
 		return receipts, errs
 	}
-	var size int64
 	for _, n := range idx {
 		size = max(size, n+1)
 	}
@@ -368,9 +367,10 @@ func (l *Log) commit(ctx context.Context, batch []*appendReq) ([]*Receipt, []err
 
 // insert appends the batch's entries that the store does not hold yet in
 // one compare-and-append at the store's size, retrying on conflicts, and
-// returns the index of every entry of the batch.
-func (l *Log) insert(ctx context.Context, batch []*appendReq) ([]int64, error) {
-	idx := make([]int64, len(batch))
+// returns the index of every entry of the batch and a size the store has
+// reached, for the checkpoint: the freshest it knows.
+func (l *Log) insert(ctx context.Context, batch []*appendReq) (idx []int64, size int64, err error) {
+	idx = make([]int64, len(batch))
 	first := make(map[Hash]int, len(batch)) // leaf → its first place in batch
 	for i, r := range batch {
 		if _, ok := first[r.leaf]; !ok {
@@ -378,9 +378,9 @@ func (l *Log) insert(ctx context.Context, batch []*appendReq) ([]int64, error) {
 		}
 	}
 	for conflicts := 0; ; conflicts++ {
-		size, err := l.store.Size(ctx)
+		size, err = l.store.Size(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("consent: log size: %w", err)
+			return nil, 0, fmt.Errorf("consent: log size: %w", err)
 		}
 		var entries []LogEntry
 		for i, r := range batch {
@@ -389,7 +389,7 @@ func (l *Log) insert(ctx context.Context, batch []*appendReq) ([]int64, error) {
 			}
 			n, ok, err := l.store.Find(ctx, r.leaf)
 			if err != nil {
-				return nil, fmt.Errorf("consent: log lookup: %w", err)
+				return nil, 0, fmt.Errorf("consent: log lookup: %w", err)
 			}
 			if ok {
 				idx[i] = n
@@ -403,63 +403,65 @@ func (l *Log) insert(ctx context.Context, batch []*appendReq) ([]int64, error) {
 		}
 		hashes, err := l.newHashes(ctx, size, entries)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		err = l.store.Append(ctx, size, entries, hashes)
 		if err == nil {
+			size += int64(len(entries))
 			break
 		}
 		if !errors.Is(err, ErrLogConflict) {
-			return nil, fmt.Errorf("consent: log append: %w", err)
+			return nil, 0, fmt.Errorf("consent: log append: %w", err)
 		}
 		if conflicts+1 >= maxConflicts {
-			return nil, fmt.Errorf("consent: log append: %d conflicts in a row: %w", maxConflicts, err)
+			return nil, 0, fmt.Errorf("consent: log append: %d conflicts in a row: %w", maxConflicts, err)
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	for i, r := range batch {
 		idx[i] = idx[first[r.leaf]]
 	}
-	return idx, nil
+	return idx, size, nil
 }
 
 // newHashes returns the tree hashes that entries add to a tree of size
-// entries, reading from the store only the roots of its complete
-// subtrees, in one call.
+// entries. The hashes it needs from the store (the roots of complete
+// subtrees left of the new entries) are read once each, those one entry
+// needs in one call.
 func (l *Log) newHashes(ctx context.Context, size int64, entries []LogEntry) ([]Hash, error) {
 	base := tlog.StoredHashCount(size)
-	known := make(map[int64]tlog.Hash)
-	if front := frontier(size); len(front) > 0 {
-		hs, err := l.store.ReadHashes(ctx, front)
-		if err != nil {
-			return nil, fmt.Errorf("consent: reading log hashes: %w", err)
-		}
-		if len(hs) != len(front) {
-			return nil, fmt.Errorf("consent: log store returned %d hashes for %d indexes", len(hs), len(front))
-		}
-		for i, x := range front {
-			known[x] = tlog.Hash(hs[i])
-		}
-	}
+	stored := make(map[int64]tlog.Hash)
 	var out []tlog.Hash
-	store := l.hashReader(ctx)
 	r := tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
+		var missing []int64
+		for _, x := range indexes {
+			if _, ok := stored[x]; !ok && x < base {
+				missing = append(missing, x)
+			}
+		}
+		if len(missing) > 0 {
+			hs, err := l.store.ReadHashes(ctx, missing)
+			if err != nil {
+				return nil, fmt.Errorf("consent: reading log hashes: %w", err)
+			}
+			if len(hs) != len(missing) {
+				return nil, fmt.Errorf("consent: log store returned %d hashes for %d indexes", len(hs), len(missing))
+			}
+			for i, x := range missing {
+				stored[x] = tlog.Hash(hs[i])
+			}
+		}
 		hs := make([]tlog.Hash, len(indexes))
 		for i, x := range indexes {
-			if x >= base && x-base < int64(len(out)) {
-				hs[i] = out[x-base]
-			} else if h, ok := known[x]; ok {
-				hs[i] = h
-			} else {
-				// Not expected: every left sibling is a frontier root or
-				// new. Ask the store rather than fail.
-				got, err := store.ReadHashes([]int64{x})
-				if err != nil {
-					return nil, err
+			if x >= base {
+				if x-base >= int64(len(out)) {
+					return nil, fmt.Errorf("consent: log hash %d is not computed yet", x)
 				}
-				hs[i] = got[0]
+				hs[i] = out[x-base]
+			} else {
+				hs[i] = stored[x]
 			}
 		}
 		return hs, nil
@@ -472,20 +474,6 @@ func (l *Log) newHashes(ctx context.Context, size int64, entries []LogEntry) ([]
 		out = append(out, hs...)
 	}
 	return fromTlog(out), nil
-}
-
-// frontier returns the stored hash indexes of the roots of the complete
-// subtrees that make up a tree of size n, largest first.
-func frontier(n int64) []int64 {
-	var idx []int64
-	var start int64
-	for level := 62; level >= 0; level-- {
-		if n&(1<<level) != 0 {
-			idx = append(idx, tlog.StoredHashIndex(level, start>>level))
-			start += 1 << level
-		}
-	}
-	return idx
 }
 
 // Checkpoint returns a signed checkpoint of the log as the store holds it

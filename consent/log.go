@@ -97,6 +97,9 @@ func toTlog(hs []Hash) []tlog.Hash {
 }
 
 func fromTlog(hs []tlog.Hash) []Hash {
+	if hs == nil {
+		return nil
+	}
 	out := make([]Hash, len(hs))
 	for i, h := range hs {
 		out[i] = Hash(h)

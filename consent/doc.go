@@ -49,11 +49,45 @@
 //
 // # The consent log
 //
-// A [Log] is an append-only Merkle log of accepted events (RFC 6962
-// hashing) kept in a [LogStore]: [FileLogStore] survives a crash in the
-// middle of an append, [MemLogStore] is for tests. [Log.Append] returns a
+// A [Log] is an append-only Merkle log of accepted events (RFC 6962 and
+// RFC 9162 hashing) kept in a [LogStore]. [Log.Append] returns a
 // [Receipt] that [VerifyReceipt] checks with only the log's public key;
-// checkpoints are signed notes, [VerifyConsistency] proves the log only
-// grew, and a [Monitor] refuses one that shrank. [History.Export] gives a
-// subject's whole history with receipts, as CBOR or JSON.
+// checkpoints are signed notes (C2SP tlog-checkpoint), [VerifyConsistency]
+// proves the log only grew, and a [Monitor] refuses one that shrank. Every
+// tree extends the empty tree, with an empty proof. Hashes in checkpoints,
+// proofs and stores are [Hash] values.
+//
+// [History.Export] gives a subject's whole history, as CBOR or JSON: every
+// event's exact signed bytes with its own receipt (SetReceipt accepts only
+// a receipt that proves those bytes), the log's origin, public key and
+// newest checkpoint, a consistency proof from each receipt's checkpoint to
+// the newest, and the signers' public keys. [VerifyExport] checks all of it
+// with the log's public key alone, including that every receipt came from
+// one history of the log, so a log that showed the subject one history and
+// an auditor another is caught.
+//
+// The store, not the Log, knows the log's size, so several Logs, in one
+// process or on several cloud nodes, may append to one store.
+// [LogStore.Append] is a compare-and-append at an expected index that
+// fails with [ErrLogConflict] when another writer got there first or the
+// entry is already stored; the Log then re-reads the store and retries.
+// Appending a record the log holds already returns a receipt for the one
+// stored, so an Append that failed (a checkpoint that could not be
+// signed, a dropped connection) can be retried without losing or
+// doubling the entry. Appends that arrive together are committed together:
+// one store append and one signed checkpoint for the batch, each caller
+// with its own receipt. The package consent/logtest holds the conformance
+// suite every store runs.
+//
+// Stores: [FileLogStore] keeps one process's log in a locked file,
+// syncing once per batch and cutting a batch torn by a crash as a whole;
+// [MemLogStore] is for tests; the cloud keeps its log in its database.
+//
+// # Keys
+//
+// Checkpoints are signed through a note.Signer. [NewNoteSigner] makes one
+// from any crypto.Signer whose public key is Ed25519, so the log's key can
+// stay in a secure element or an HSM; [NoteSigner.VerifierKey] is the
+// public key to publish. A key from note.GenerateKey works too, through
+// note.NewSigner, and signs identically.
 package consent

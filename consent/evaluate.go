@@ -68,7 +68,7 @@ type History struct {
 	records  map[ID]*Verified
 	endedBy  map[ID]*Verified         // record → the event that ended it
 	byKey    map[indexKey][]*Verified // events by what they cover, oldest first
-	receipts map[ID]*Receipt          // log receipts, for Export
+	receipts map[ID]loggedReceipt     // log receipts, for Export
 	notices  *Notices                 // nil: no notice is superseded
 }
 

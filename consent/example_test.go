@@ -32,7 +32,8 @@ func Example() {
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.acme.example")
 	store, _ := consent.OpenFileLogStore(filepath.Join(dir, "consent.log"))
 	defer store.Close()
-	log, _ := consent.OpenLog(ctx, store, skey)
+	signer, _ := note.NewSigner(skey)
+	log, _ := consent.OpenLog(ctx, store, signer)
 	history := consent.NewHistory("subj-7f3a")
 
 	// record signs an event in the app, then verifies, logs and applies it
@@ -53,8 +54,8 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		if err := consent.VerifyReceipt(receipt, msg, vkey); err != nil {
-			panic(err)
+		if err := history.SetReceipt(r.ID, receipt, vkey); err != nil {
+			panic(err) // the receipt does not prove these bytes
 		}
 		fmt.Printf("%s: logged at index %d\n", r.Event.State, receipt.Index)
 		return receipt
@@ -93,6 +94,14 @@ func Example() {
 	}
 	proof, _ := log.ProveConsistency(ctx, older.Size, newer.Size)
 	fmt.Println("log grew from", older.Size, "to", newer.Size, "consistently:", consent.VerifyConsistency(older, newer, proof) == nil)
+
+	// The subject's export: every event as signed, its receipt, and a
+	// proof that each receipt is from the history the newest checkpoint
+	// commits to. The log's public key alone checks it.
+	export, _ := history.Export(ctx, log, vkey)
+	data, _ := export.CBOR()
+	received, _ := consent.ParseExport(data)
+	fmt.Println("export of", len(received.Events), "events verifies:", consent.VerifyExport(ctx, received, vkey) == nil)
 	// Output:
 	// given: logged at index 0
 	// process: granted
@@ -102,4 +111,5 @@ func Example() {
 	// event 0 in the log of 2: true
 	// event 1 in the log of 2: true
 	// log grew from 1 to 2 consistently: true
+	// export of 2 events verifies: true
 }

@@ -6,78 +6,190 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/sensible-iot/sensible/device/identity"
-	"github.com/sensible-iot/sensible/internal/codec"
 )
+
+// exportWorld is a subject's history whose events are logged among other
+// subjects' entries, so that their receipts name different checkpoints.
+type exportWorld struct {
+	*world
+	log   *Log
+	vkey  string
+	store *MemLogStore
+	g     *Record
+}
+
+func newExportWorld(t *testing.T) *exportWorld {
+	ctx := context.Background()
+	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
+	signer, _ := note.NewSigner(skey)
+	st := &MemLogStore{}
+	l, err := OpenLog(ctx, st, signer)
+	must(t, err)
+	w := &exportWorld{world: newWorld(t), log: l, vkey: vkey, store: st}
+	others := func(n int) {
+		for i := range n {
+			_, err := l.Append(ctx, []byte(fmt.Sprintf("someone else's record %d of %d", i, n)))
+			must(t, err)
+		}
+	}
+	others(3)
+	w.g = Grant(GrantParams{Subject: "subj-7f3a", Controller: "acme", Notice: energy, Processes: pests, At: t0, Actor: "subject:app"})
+	w.record(t, w.g)
+	others(5)
+	w.record(t, Withdraw(w.g, t0.Add(time.Hour), "subject:app"))
+	others(2)
+	return w
+}
+
+// record signs r with the app key, adds it to the history, logs it and
+// attaches its receipt.
+func (w *exportWorld) record(t *testing.T, r *Record) {
+	ctx := context.Background()
+	msg, err := Sign(r, w.k.app, []byte("app-1"))
+	must(t, err)
+	v, err := Verify(ctx, w.k.set, msg)
+	must(t, err)
+	must(t, w.h.Add(v))
+	rc, err := w.log.Append(ctx, msg)
+	must(t, err)
+	must(t, w.h.SetReceipt(r.ID, rc, w.vkey))
+}
 
 func TestExport(t *testing.T) {
 	ctx := context.Background()
-	w := newWorld(t)
-	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
-	l, _ := OpenLog(ctx, &MemLogStore{}, skey)
-	add := func(r *Record) {
-		msg, err := Sign(r, w.k.app, []byte("app-1"))
-		must(t, err)
-		v, err := Verify(context.Background(), w.k.set, msg)
-		must(t, err)
-		must(t, w.h.Add(v))
-		rc, err := l.Append(ctx, msg)
-		must(t, err)
-		must(t, w.h.SetReceipt(r.ID, rc, vkey))
-	}
-	g := Grant(GrantParams{Subject: "subj-7f3a", Controller: "acme", Notice: energy, Processes: pests, At: t0, Actor: "subject:app"})
-	add(g)
-	add(Withdraw(g, t0.Add(time.Hour), "subject:app"))
-
-	e := w.h.Export()
+	w := newExportWorld(t)
+	e, err := w.h.Export(ctx, w.log, w.vkey)
+	must(t, err)
 	if e.Subject != "subj-7f3a" || len(e.Events) != 2 || e.Events[0].Record.Event.State != StateGiven || e.Events[1].Record.Event.State != StateWithdrawn {
 		t.Fatalf("export %+v", e)
 	}
-	// Every exported event checks out on its own: signature and receipt.
-	for _, ev := range e.Events {
-		v, err := Verify(context.Background(), w.k.set, ev.Signed)
-		if err != nil || v.Record.ID != ev.Record.ID {
-			t.Fatalf("exported event does not verify: %v", err)
-		}
-		if err := VerifyReceipt(ev.Receipt, ev.Signed, vkey); err != nil {
-			t.Fatalf("exported receipt: %v", err)
-		}
+	if e.Log == nil || e.Log.Origin != "consent.example/log" || e.Log.Key != w.vkey || len(e.Keys) != 1 {
+		t.Fatalf("export's log %+v and keys %+v", e.Log, e.Keys)
 	}
-	// CBOR: deterministic, and decodes back to the same events.
-	c1, err := e.CBOR()
+	// The receipts name different checkpoints (4 and 10 entries), and each
+	// has a proof to the newest (12).
+	c0, _ := OpenCheckpoint(e.Events[0].Receipt.Checkpoint, w.vkey)
+	c1, _ := OpenCheckpoint(e.Events[1].Receipt.Checkpoint, w.vkey)
+	latest, _ := OpenCheckpoint(e.Log.Checkpoint, w.vkey)
+	if c0.Size != 4 || c1.Size != 10 || latest.Size != 12 || len(e.Events[0].Consistency) == 0 || len(e.Events[1].Consistency) == 0 {
+		t.Fatalf("checkpoints %d, %d, newest %d; proofs of %d and %d hashes", c0.Size, c1.Size, latest.Size, len(e.Events[0].Consistency), len(e.Events[1].Consistency))
+	}
+	// The whole export checks out with the log's public key alone, in
+	// CBOR and in JSON.
+	must(t, VerifyExport(ctx, e, w.vkey))
+	c1b, err := e.CBOR()
 	must(t, err)
-	c2, _ := w.h.Export().CBOR()
-	if !bytes.Equal(c1, c2) {
+	again, _ := w.h.Export(ctx, w.log, w.vkey)
+	c2b, _ := again.CBOR()
+	if !bytes.Equal(c1b, c2b) {
 		t.Fatal("CBOR export is not deterministic")
 	}
-	var back Export
-	dec, _ := codec.NewDecoder(codec.Limits{MaxBody: 1 << 20})
-	must(t, dec.Unmarshal(c1, &back))
-	if len(back.Events) != 2 || back.Events[1].Record.Ends == nil || *back.Events[1].Record.Ends != g.ID {
+	back, err := ParseExport(c1b)
+	must(t, err)
+	if len(back.Events) != 2 || back.Events[1].Record.Ends == nil || *back.Events[1].Record.Ends != w.g.ID {
 		t.Fatalf("CBOR export decoded to %+v", back)
 	}
-	if err := VerifyReceipt(back.Events[1].Receipt, back.Events[1].Signed, vkey); err != nil {
-		t.Fatalf("receipt from decoded CBOR export: %v", err)
-	}
-	// JSON: readable (IDs and hashes in hex), and the same content.
+	must(t, VerifyExport(ctx, back, w.vkey))
 	j, err := e.JSON()
 	must(t, err)
-	if !bytes.Contains(j, []byte(`"id": "`+g.ID.String()+`"`)) && !bytes.Contains(j, []byte(g.ID.String())) {
+	if !bytes.Contains(j, []byte(w.g.ID.String())) {
 		t.Fatalf("JSON export lacks the record ID in hex:\n%s", j)
 	}
 	var jback Export
 	must(t, json.Unmarshal(j, &jback))
-	if jback.Events[0].Record.Notice.Hash != energy.Hash || jback.Events[0].Record.ID != g.ID {
+	if jback.Events[0].Record.Notice.Hash != energy.Hash || jback.Events[0].Record.ID != w.g.ID {
 		t.Fatal("JSON export does not round-trip IDs and hashes")
 	}
-	if err := VerifyReceipt(jback.Events[0].Receipt, jback.Events[0].Signed, vkey); err != nil {
-		t.Fatalf("receipt from JSON export: %v", err)
+	must(t, VerifyExport(ctx, &jback, w.vkey))
+	// A nil log: receipts only, which VerifyExport does not take as whole.
+	bare, err := w.h.Export(ctx, nil, "")
+	must(t, err)
+	if bare.Log != nil || bare.Events[0].Consistency != nil || bare.Events[0].Receipt == nil {
+		t.Fatalf("export without a log: %+v", bare)
 	}
+	if err := VerifyExport(ctx, bare, w.vkey); !errors.Is(err, ErrBadCheckpoint) {
+		t.Fatalf("export without a log: %v, want ErrBadCheckpoint", err)
+	}
+}
+
+// TestExportTampered changes an export in each way a dishonest log or
+// exporter could, and VerifyExport catches each with a typed error.
+func TestExportTampered(t *testing.T) {
+	ctx := context.Background()
+	w := newExportWorld(t)
+	fresh := func() *Export {
+		e, err := w.h.Export(ctx, w.log, w.vkey)
+		must(t, err)
+		b, _ := e.CBOR()
+		e, err = ParseExport(b) // a deep copy
+		must(t, err)
+		return e
+	}
+	// A fork: a log under the same key that holds the subject's first
+	// event but not the withdrawal, shown to someone else. Its checkpoint
+	// cannot be proved consistent with the real log's.
+	skeyFork := w.log.signer
+	fork, err := OpenLog(ctx, &MemLogStore{}, skeyFork)
+	must(t, err)
+	first, _ := w.h.Export(ctx, nil, "")
+	for i := range 3 {
+		_, err := fork.Append(ctx, []byte(fmt.Sprintf("a forked history's record %d", i)))
+		must(t, err)
+	}
+	forkReceipt, err := fork.Append(ctx, first.Events[0].Signed)
+	must(t, err)
+	for i := range 20 {
+		_, err := fork.Append(ctx, []byte(fmt.Sprintf("forked entry %d", i)))
+		must(t, err)
+	}
+	forkLatest, err := fork.Checkpoint(ctx)
+	must(t, err)
+	_, otherVkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
+
+	for name, c := range map[string]struct {
+		change func(e *Export)
+		want   error
+	}{
+		"record bytes changed": {func(e *Export) { e.Events[0].Signed[len(e.Events[0].Signed)-1] ^= 1 }, ErrBadSignature},
+		"receipts swapped": {func(e *Export) {
+			e.Events[0].Receipt, e.Events[1].Receipt = e.Events[1].Receipt, e.Events[0].Receipt
+			e.Events[0].Consistency, e.Events[1].Consistency = e.Events[1].Consistency, e.Events[0].Consistency
+		}, ErrBadProof},
+		"receipt missing":      {func(e *Export) { e.Events[1].Receipt = nil }, ErrBadProof},
+		"consistency missing":  {func(e *Export) { e.Events[0].Consistency = nil }, ErrBadProof},
+		"consistency changed":  {func(e *Export) { e.Events[0].Consistency[0][0] ^= 1 }, ErrBadProof},
+		"shown record differs": {func(e *Export) { e.Events[0].Record.Event.Actor = "device" }, ErrMalformed},
+		"event twice":          {func(e *Export) { e.Events[1] = e.Events[0] }, ErrRecordConflict},
+		"signer key missing":   {func(e *Export) { e.Keys = nil }, ErrUnknownKey},
+		"another subject":      {func(e *Export) { e.Subject = "subj-other" }, ErrMalformed},
+		"log key not trusted":  {func(e *Export) { e.Log.Key = otherVkey }, ErrBadCheckpoint},
+		"newest checkpoint from a fork": {func(e *Export) {
+			e.Log.Checkpoint = forkLatest.Signed
+		}, ErrBadProof},
+		"receipt from a fork": {func(e *Export) {
+			e.Events[0].Receipt = forkReceipt
+		}, ErrBadProof},
+		"older newest checkpoint": {func(e *Export) {
+			e.Log.Checkpoint = e.Events[0].Receipt.Checkpoint
+		}, ErrBadProof},
+	} {
+		e := fresh()
+		c.change(e)
+		if err := VerifyExport(ctx, e, w.vkey); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+	if err := VerifyExport(ctx, fresh(), otherVkey); !errors.Is(err, ErrBadCheckpoint) {
+		t.Errorf("verified with another log's key: %v, want ErrBadCheckpoint", err)
+	}
+	must(t, VerifyExport(ctx, fresh(), w.vkey))
 }
 
 // TestHistoryRetry: an app that retries with the same bytes changes
@@ -90,7 +202,8 @@ func TestHistoryRetry(t *testing.T) {
 	k := newKeyring(t, identity.P256)
 	h := NewHistory("subj-7f3a")
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "consent.example/log")
-	l, err := OpenLog(ctx, &MemLogStore{}, skey)
+	signer, _ := note.NewSigner(skey)
+	l, err := OpenLog(ctx, &MemLogStore{}, signer)
 	must(t, err)
 	g := Grant(GrantParams{Subject: "subj-7f3a", Controller: "acme", Notice: energy, Processes: pests, At: t0, Actor: "subject:app"})
 	first, err := Sign(g, k.app, []byte("app-1"))
@@ -121,7 +234,9 @@ func TestHistoryRetry(t *testing.T) {
 		t.Fatalf("receipt for an unknown record: %v, want ErrUnknownRecord", err)
 	}
 	must(t, h.SetReceipt(g.ID, r1, vkey))
-	e := h.Export()
+	e, err := h.Export(ctx, l, vkey)
+	must(t, err)
+	must(t, VerifyExport(ctx, e, vkey))
 	if len(e.Events) != 1 || !bytes.Equal(e.Events[0].Signed, first) {
 		t.Fatal("the export does not hold the first bytes")
 	}

@@ -46,8 +46,12 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fx := &fuzzLog{store: &MemLogStore{}, vkey: vkey, ckpts: make([]*Checkpoint, fuzzLogSize+1)}
-	if fx.log, err = OpenLog(ctx, fx.store, skey); err != nil {
+	if fx.log, err = OpenLog(ctx, fx.store, signer); err != nil {
 		t.Fatal(err)
 	}
 	appSeed := sha256.Sum256([]byte("consent fuzz app key"))
@@ -91,8 +95,18 @@ func newFuzzLog(t testing.TB) *fuzzLog {
 			t.Fatal(err)
 		}
 	}
-	fx.export = h.Export()
+	if fx.export, err = h.Export(ctx, fx.log, vkey); err != nil {
+		t.Fatal(err)
+	}
 	return fx
+}
+
+// root returns the fuzz log's root at size n: the empty tree's for 0.
+func (fx *fuzzLog) root(n int64) Hash {
+	if n == 0 {
+		return emptyRoot()
+	}
+	return fx.ckpts[n].Hash
 }
 
 // proofSentinels are the errors of VerifyReceipt, VerifyConsistency and
@@ -150,12 +164,9 @@ func FuzzMonitor(f *testing.F) {
 			if old > n {
 				continue
 			}
-			var proof []tlog.Hash
-			if old > 0 {
-				var err error
-				if proof, err = tlog.ProveTree(n, old, fx.log.hashReader(ctx)); err != nil {
-					f.Fatal(err)
-				}
+			proof, err := fx.log.ProveConsistency(ctx, old, n)
+			if err != nil {
+				f.Fatal(err)
 			}
 			f.Add(uint8(old), fx.ckpts[n].Signed, flatten(proof))
 		}
@@ -202,7 +213,7 @@ func FuzzVerifyConsistency(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
 	for _, c := range [][2]int64{{1, 20}, {7, 13}, {13, 13}, {3, 4}} {
-		proof, err := tlog.ProveTree(c[1], c[0], fx.log.hashReader(ctx))
+		proof, err := fx.log.ProveConsistency(ctx, c[0], c[1])
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -227,7 +238,7 @@ func FuzzVerifyConsistency(f *testing.F) {
 		if newer.Size < older.Size {
 			t.Fatalf("accepted size %d after %d", newer.Size, older.Size)
 		}
-		if !fuzzNewer && (size < 1 || claimed.Hash != fx.ckpts[size].Hash) {
+		if !fuzzNewer && claimed.Hash != fx.root(size) {
 			t.Fatalf("proof links the log at size %d back to a root %x it never had at size %d", known.Size, claimed.Hash[:], size)
 		}
 		if fuzzNewer && size == known.Size && claimed.Hash != known.Hash {
@@ -236,12 +247,11 @@ func FuzzVerifyConsistency(f *testing.F) {
 	})
 }
 
-// exportDecoder decodes exports as TestExport does.
-var exportDecoder, _ = codec.NewDecoder(codec.Limits{MaxBody: 1 << 20})
 
-// FuzzExportReceipts decodes arbitrary CBOR as an Export and checks every
-// receipt in it: errors are typed, and an accepted receipt proves what
-// the log holds at its index.
+// FuzzExportReceipts decodes arbitrary CBOR as an Export, verifies it as a
+// whole and checks every receipt in it: errors are typed, an accepted
+// receipt proves what the log holds at its index, and an accepted export
+// holds only entries of the log.
 func FuzzExportReceipts(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
@@ -251,13 +261,24 @@ func FuzzExportReceipts(f *testing.F) {
 	}
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var e Export
-		if err := exportDecoder.Unmarshal(data, &e); err != nil {
+		e, err := ParseExport(data)
+		if err != nil {
 			var de *codec.DecodeError
-			if !errors.As(err, &de) {
+			if !errors.Is(err, ErrMalformed) || !errors.As(err, &de) {
 				t.Fatalf("untyped decode error %v", err)
 			}
 			return
+		}
+		if err := VerifyExport(ctx, e, fx.vkey); err != nil {
+			if !isOneOf(err, ErrBadProof, ErrBadCheckpoint, ErrLogShrunk, ErrMalformed, ErrWrongTag, ErrUnknownKey, ErrAlgorithm, ErrBadSignature, ErrRecordConflict) {
+				t.Fatalf("untyped export error %v", err)
+			}
+		} else {
+			for _, ev := range e.Events {
+				if got, err := fx.store.Entry(ctx, ev.Receipt.Index); err != nil || !bytes.Equal(got, ev.Signed) {
+					t.Fatalf("accepted export with event %d not in the log", ev.Receipt.Index)
+				}
+			}
 		}
 		for _, ev := range e.Events {
 			if ev.Receipt == nil {
@@ -279,14 +300,14 @@ func FuzzExportReceipts(f *testing.F) {
 
 // FuzzOpenFileLogStore opens arbitrary log files. A refusal is
 // ErrLogCorrupt and leaves the file as it was. An open store holds the
-// file's leading frames, re-encoded byte for byte, and cuts off only what
-// load documents as a torn final append; its hashes are those of its
-// entries, every entry has a receipt that verifies, and the store takes
-// the next append and reopens with it.
+// file's leading frames, whole batches only, and cuts off only what
+// OpenFileLogStore documents as a torn final batch; its hashes are those
+// of its entries, every entry has a receipt that verifies, and the store
+// takes the next append and reopens with it.
 func FuzzOpenFileLogStore(f *testing.F) {
 	ctx := context.Background()
 	fx := newFuzzLog(f)
-	skey := fx.log.signer
+	signer := fx.log.signer
 	f.Fuzz(func(t *testing.T, file []byte) {
 		path := filepath.Join(t.TempDir(), "consent.log")
 		if err := os.WriteFile(path, file, 0o600); err != nil {
@@ -307,35 +328,42 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			return
 		}
 		defer st.Close()
+		if !bytes.HasPrefix(file, after) {
+			t.Fatal("opening rewrote the file")
+		}
 		n, _ := st.Size(ctx)
-		mem := &MemLogStore{}
-		var frames []byte
+		frames, rest, more := parseFrames(after, 0)
+		if len(rest) != 0 || more || int64(len(frames)) != n {
+			t.Fatalf("the file after opening (%d bytes) is not %d whole batches of frames: %d frames, %d bytes over, last batch open %v", len(after), n, len(frames), len(rest), more)
+		}
+		var hashes []tlog.Hash
 		for i := range n {
 			data, err := st.Entry(ctx, i)
 			if err != nil {
 				t.Fatalf("entry %d of %d: %v", i, n, err)
 			}
-			frames = append(frames, logFrame(i, data)...)
+			if !bytes.Equal(data, frames[i]) {
+				t.Fatalf("entry %d is not its frame's data", i)
+			}
 			hs, err := tlog.StoredHashes(i, data, tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-				return mem.ReadHashes(ctx, idx)
+				out := make([]tlog.Hash, len(idx))
+				for j, x := range idx {
+					out[j] = hashes[x]
+				}
+				return out, nil
 			}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := mem.Append(ctx, i, data, hs); err != nil {
-				t.Fatal(err)
+			hashes = append(hashes, hs...)
+			if j, ok, _ := st.Find(ctx, LeafHash(data)); !ok || j > i || !bytes.Equal(frames[j], data) {
+				t.Fatalf("Find(entry %d) = %d, %v", i, j, ok)
 			}
 		}
-		if !bytes.Equal(after, frames) {
-			t.Fatalf("the file after opening (%d bytes) is not its %d entries' frames", len(after), n)
+		if tail := file[len(after):]; !tornBatch(tail, n) {
+			t.Fatalf("cut %d bytes after entry %d that are not a torn batch: %x", len(tail), n, tail[:min(len(tail), 64)])
 		}
-		if !bytes.HasPrefix(file, after) {
-			t.Fatal("opening rewrote the file")
-		}
-		if tail := file[len(after):]; !tornAppend(tail, n) {
-			t.Fatalf("cut %d bytes after entry %d that are not a torn append: %x", len(tail), n, tail[:min(len(tail), 64)])
-		}
-		idx := make([]int64, tlog.StoredHashCount(n))
+		idx := make([]int64, len(hashes))
 		for i := range idx {
 			idx[i] = int64(i)
 		}
@@ -343,13 +371,15 @@ func FuzzOpenFileLogStore(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := mem.ReadHashes(ctx, idx)
-		for i := range want {
-			if got[i] != want[i] {
+		for i := range hashes {
+			if got[i] != Hash(hashes[i]) {
 				t.Fatalf("stored hash %d differs from the hash of the entries", i)
 			}
 		}
-		l := &Log{store: st, signer: skey, origin: skey.Name(), size: n}
+		l, err := OpenLog(ctx, st, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
 		ck, err := l.Checkpoint(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -359,13 +389,17 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data, _ := st.Entry(ctx, i)
-			if err := VerifyReceipt(&Receipt{Index: i, Proof: p, Checkpoint: ck.Signed}, data, fx.vkey); err != nil {
+			if err := VerifyReceipt(&Receipt{Index: i, Proof: p, Checkpoint: ck.Signed}, frames[i], fx.vkey); err != nil {
 				t.Fatalf("entry %d: %v", i, err)
 			}
 		}
-		if _, err := l.Append(ctx, []byte("next")); err != nil {
+		r, err := l.Append(ctx, []byte("next"))
+		if err != nil {
 			t.Fatalf("append after opening: %v", err)
+		}
+		want := n + 1
+		if r.Index < n {
+			want = n // the file held "next" already
 		}
 		st.Close()
 		st2, err := OpenFileLogStore(path)
@@ -373,56 +407,87 @@ func FuzzOpenFileLogStore(f *testing.F) {
 			t.Fatalf("reopening after an append: %v", err)
 		}
 		defer st2.Close()
-		if m, _ := st2.Size(ctx); m != n+1 {
-			t.Fatalf("reopened with %d entries, want %d", m, n+1)
+		if m, _ := st2.Size(ctx); m != want {
+			t.Fatalf("reopened with %d entries, want %d", m, want)
 		}
 	})
 }
 
-// logFrame is the frame FileLogStore writes for entry n: length, index,
-// CRC-32C of those, CRC-32C of the data, the data.
-func logFrame(n int64, data []byte) []byte {
+// logFrame is the frame FileLogStore writes for entry n: length (with
+// frameMore set if more frames of its batch follow), index, CRC-32C of
+// those, CRC-32C of the data, the data.
+func logFrame(n int64, data []byte, more bool) []byte {
+	word := uint32(len(data))
+	if more {
+		word |= frameMore
+	}
 	b := make([]byte, frameHeader, frameHeader+len(data))
-	binary.BigEndian.PutUint32(b[0:], uint32(len(data)))
+	binary.BigEndian.PutUint32(b[0:], word)
 	binary.BigEndian.PutUint64(b[4:], uint64(n))
 	binary.BigEndian.PutUint32(b[12:], crc32.Checksum(b[:12], castagnoli))
 	binary.BigEndian.PutUint32(b[16:], crc32.Checksum(data, castagnoli))
 	return append(b, data...)
 }
 
-// tornAppend reports whether tail, after n good frames, is what the
-// FileLogStore documentation lets opening cut: nothing, a partial header,
-// zeros, a whole header for entry n whose data runs past the end, or a
-// final frame for entry n whose data does not match its CRC.
-func tornAppend(tail []byte, n int64) bool {
-	if len(tail) < frameHeader || !hasNonZero(tail) {
-		return true
-	}
-	h := tail[:frameHeader]
-	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
-		return false
-	}
-	length := int64(binary.BigEndian.Uint32(h[0:]))
-	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n {
-		return false
-	}
-	if frameHeader+length > int64(len(tail)) {
-		return true
-	}
-	return frameHeader+length == int64(len(tail)) &&
-		crc32.Checksum(tail[frameHeader:], castagnoli) != binary.BigEndian.Uint32(h[16:])
-}
-
-func hasNonZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return true
+// parseFrames reads whole, valid frames from b for entries first,
+// first+1, ..., and returns their data, what follows them, and whether
+// the last frame read has frameMore set.
+func parseFrames(b []byte, first int64) (frames [][]byte, rest []byte, more bool) {
+	for len(b) >= frameHeader {
+		h := b[:frameHeader]
+		if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+			break
 		}
+		word := binary.BigEndian.Uint32(h)
+		length := int64(word &^ frameMore)
+		if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != first+int64(len(frames)) || frameHeader+length > int64(len(b)) {
+			break
+		}
+		data := b[frameHeader : frameHeader+length]
+		if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(h[16:]) {
+			break
+		}
+		frames = append(frames, data)
+		more = word&frameMore != 0
+		b = b[frameHeader+length:]
 	}
-	return false
+	return frames, b, more
 }
 
-func flatten(p []tlog.Hash) []byte {
+// tornBatch reports whether tail, after n good frames ending a batch, is
+// what the FileLogStore documentation lets opening cut: nothing, or whole
+// frames of a batch whose last frame is missing followed by nothing, or by
+// one frame cut short or failing its CRCs beyond which there are only
+// zeros. A frame whose header checks out but names another entry or too
+// long a length is corruption.
+func tornBatch(tail []byte, n int64) bool {
+	frames, rest, more := parseFrames(tail, n)
+	if len(frames) > 0 && !more {
+		return false // a whole batch was cut
+	}
+	end := len(rest) // after the last non-zero byte
+	for end > 0 && rest[end-1] == 0 {
+		end--
+	}
+	if end == 0 || len(rest) < frameHeader {
+		return true
+	}
+	h := rest[:frameHeader]
+	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:]) {
+		return end <= frameHeader
+	}
+	length := int64(binary.BigEndian.Uint32(h[0:]) &^ frameMore)
+	if length > maxEntry || int64(binary.BigEndian.Uint64(h[4:])) != n+int64(len(frames)) {
+		return false
+	}
+	if frameHeader+length > int64(len(rest)) {
+		return true
+	}
+	return int64(end) <= frameHeader+length &&
+		crc32.Checksum(rest[frameHeader:frameHeader+length], castagnoli) != binary.BigEndian.Uint32(h[16:])
+}
+
+func flatten(p []Hash) []byte {
 	var out []byte
 	for _, h := range p {
 		out = append(out, h[:]...)
@@ -430,13 +495,11 @@ func flatten(p []tlog.Hash) []byte {
 	return out
 }
 
-func unflatten(b []byte) []tlog.Hash {
-	var out []tlog.Hash
-	for len(b) >= tlog.HashSize {
-		var h tlog.Hash
-		copy(h[:], b)
-		out = append(out, h)
-		b = b[tlog.HashSize:]
+func unflatten(b []byte) []Hash {
+	var out []Hash
+	for len(b) >= len(Hash{}) {
+		out = append(out, Hash(b))
+		b = b[len(Hash{}):]
 	}
 	return out
 }
@@ -488,8 +551,8 @@ func TestFuzzLogSeeds(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]error{"export": nil, "swapped-receipts": ErrBadProof} {
-		var e Export
-		if err := exportDecoder.Unmarshal(readCorpus(t, "FuzzExportReceipts", name)[0].([]byte), &e); err != nil || len(e.Events) != 2 {
+		e, err := ParseExport(readCorpus(t, "FuzzExportReceipts", name)[0].([]byte))
+		if err != nil || len(e.Events) != 2 {
 			t.Fatalf("export %s: %d events, %v", name, len(e.Events), err)
 		}
 		for _, ev := range e.Events {
@@ -501,6 +564,7 @@ func TestFuzzLogSeeds(t *testing.T) {
 	for name, want := range map[string]int64{
 		"five-entries": 5, "empty": 0, "torn-header": 5, "torn-data": 4, "zero-tail": 5, "bad-last-data": 4,
 		"bad-middle-data": -1, "bad-length": -1, "wrong-index": -1, "garbage-tail": -1,
+		"whole-batch": 5, "open-batch": 2, "torn-batch": 2, "torn-batch-zeros": 2, "bad-batch-middle": -1,
 	} {
 		path := filepath.Join(t.TempDir(), "consent.log")
 		os.WriteFile(path, readCorpus(t, "FuzzOpenFileLogStore", name)[0].([]byte), 0o600)

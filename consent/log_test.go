@@ -2,6 +2,7 @@ package consent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -13,6 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,9 +25,13 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, string, string) {
+func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, note.Signer, string) {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "consent.example/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,11 +39,11 @@ func newTestLog(t testing.TB, path string) (*Log, *FileLogStore, string, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLog(context.Background(), st, skey)
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l, st, skey, vkey
+	return l, st, signer, vkey
 }
 
 func entry(i int) []byte { return []byte(fmt.Sprintf("signed record %d", i)) }
@@ -111,7 +119,7 @@ func TestLogReceiptsAndConsistency(t *testing.T) {
 		t.Errorf("grown checkpoint: %v", err)
 	}
 	// A forged checkpoint: same size, another root.
-	forged := fmt.Sprintf("consent.example/log\n37\n%s\n", tlog.Hash{1}.String())
+	forged := fmt.Sprintf("consent.example/log\n37\n%s\n", Hash{1}.String())
 	if _, err := OpenCheckpoint([]byte(forged), vkey); !errors.Is(err, ErrBadCheckpoint) {
 		t.Errorf("unsigned checkpoint: %v", err)
 	}
@@ -121,7 +129,7 @@ func TestFileLogStoreTornAppend(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "consent.log")
-	l, st, skey, vkey := newTestLog(t, path)
+	l, st, signer, vkey := newTestLog(t, path)
 	var receipts []*Receipt
 	for i := range 10 {
 		r, err := l.Append(ctx, entry(i))
@@ -145,7 +153,7 @@ func TestFileLogStoreTornAppend(t *testing.T) {
 		if err != nil {
 			t.Fatalf("cut at %d: %v", cut, err)
 		}
-		l2, err := OpenLog(ctx, st2, skey)
+		l2, err := OpenLog(ctx, st2, signer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +251,11 @@ func TestLogSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	l, err := OpenLog(context.Background(), st, skey)
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +278,11 @@ func TestLogKillChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLog(context.Background(), st, os.Getenv("SENSIBLE_LOG_SKEY"))
+	signer, err := note.NewSigner(os.Getenv("SENSIBLE_LOG_SKEY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(context.Background(), st, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +362,7 @@ func TestFileLogStoreDamage(t *testing.T) {
 func TestFileLogStoreFailedAppend(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "consent.log")
-	l, st, skey, vkey := newTestLog(t, path)
+	l, st, signer, vkey := newTestLog(t, path)
 	r0, err := l.Append(ctx, entry(0))
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +381,7 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 	if st.broken == nil {
 		t.Fatal("store not marked broken after an append it could not undo")
 	}
-	if err := st.Append(ctx, 1, entry(1), hs); err == nil {
+	if err := st.Append(ctx, 1, []LogEntry{{Data: entry(1), Leaf: LeafHash(entry(1))}}, fromTlog(hs)); err == nil {
 		t.Fatal("store accepted an append after an append it could not undo")
 	}
 	// Reopened, the log holds what it held, and the receipt still verifies.
@@ -374,7 +390,7 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st2.Close()
-	l2, err := OpenLog(ctx, st2, skey)
+	l2, err := OpenLog(ctx, st2, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,14 +403,13 @@ func TestFileLogStoreFailedAppend(t *testing.T) {
 // proves nothing for a tree larger than itself.
 func TestHugeTreeSizes(t *testing.T) {
 	ctx := context.Background()
-	l, st, skey, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
+	l, st, signer, vkey := newTestLog(t, filepath.Join(t.TempDir(), "consent.log"))
 	defer st.Close()
 	r, err := l.Append(ctx, entry(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ck, _ := OpenCheckpoint(r.Checkpoint, vkey)
-	signer, _ := note.NewSigner(skey)
 	huge := int64(1<<62 + 31)
 	signed, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\n%s\n", ck.Origin, huge, base64.StdEncoding.EncodeToString(ck.Hash[:]))}, signer)
 	if err != nil {
@@ -402,15 +417,15 @@ func TestHugeTreeSizes(t *testing.T) {
 	}
 	within(t, "OpenCheckpoint", func() error { _, err := OpenCheckpoint(signed, vkey); return err }, ErrBadCheckpoint)
 	within(t, "VerifyReceipt", func() error {
-		return VerifyReceipt(&Receipt{Index: 0, Proof: make([]tlog.Hash, 62), Checkpoint: signed}, entry(0), vkey)
+		return VerifyReceipt(&Receipt{Index: 0, Proof: make([]Hash, 62), Checkpoint: signed}, entry(0), vkey)
 	}, ErrBadCheckpoint)
 	m := NewMonitor(vkey)
 	if _, err := m.Update(r.Checkpoint, nil); err != nil {
 		t.Fatal(err)
 	}
-	within(t, "Monitor.Update", func() error { _, err := m.Update(signed, make([]tlog.Hash, 62)); return err }, ErrBadCheckpoint)
+	within(t, "Monitor.Update", func() error { _, err := m.Update(signed, make([]Hash, 62)); return err }, ErrBadCheckpoint)
 	within(t, "VerifyConsistency", func() error {
-		return VerifyConsistency(ck, &Checkpoint{Origin: ck.Origin, Size: huge, Hash: ck.Hash}, make([]tlog.Hash, 62))
+		return VerifyConsistency(ck, &Checkpoint{Origin: ck.Origin, Size: huge, Hash: ck.Hash}, make([]Hash, 62))
 	}, ErrBadCheckpoint)
 	within(t, "Prove", func() error { _, err := l.Prove(ctx, 0, huge); return err }, nil)
 	within(t, "ProveConsistency", func() error { _, err := l.ProveConsistency(ctx, 1, huge); return err }, nil)
@@ -429,5 +444,535 @@ func within(t *testing.T, name string, f func() error, want error) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("%s did not return", name)
+	}
+}
+
+// flakySigner is a note signer that fails its next fail signatures.
+type flakySigner struct {
+	note.Signer
+	mu   sync.Mutex
+	fail int
+}
+
+func (s *flakySigner) Sign(msg []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail > 0 {
+		s.fail--
+		return nil, errors.New("the signing device is busy")
+	}
+	return s.Signer.Sign(msg)
+}
+
+// TestLogSignerFailsOnce: when the checkpoint cannot be signed after the
+// entry was stored, Append fails, and a retry returns a receipt for the
+// entry stored the first time: nothing lost, nothing stored twice.
+func TestLogSignerFailsOnce(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{"mem", "file"} {
+		t.Run(name, func(t *testing.T) {
+			var st LogStore = &MemLogStore{}
+			if name == "file" {
+				fs, err := OpenFileLogStore(filepath.Join(t.TempDir(), "consent.log"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer fs.Close()
+				st = fs
+			}
+			s := &flakySigner{Signer: testSigner(t)}
+			vkey := testSigner(t).VerifierKey()
+			l, err := OpenLog(ctx, st, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				if _, err := l.Append(ctx, entry(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.fail = 1
+			if _, err := l.Append(ctx, entry(3)); err == nil {
+				t.Fatal("append with a failing signer succeeded")
+			}
+			if n, _ := st.Size(ctx); n != 4 {
+				t.Fatalf("%d entries after the failed signature, want 4 (the entry is stored)", n)
+			}
+			r, err := l.Append(ctx, entry(3))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Index != 3 {
+				t.Fatalf("retry got index %d, want 3", r.Index)
+			}
+			if n, _ := st.Size(ctx); n != 4 {
+				t.Fatalf("%d entries after the retry, want 4", n)
+			}
+			if err := VerifyReceipt(r, entry(3), vkey); err != nil {
+				t.Fatal(err)
+			}
+			r, err = l.Append(ctx, entry(4))
+			if err != nil || r.Index != 4 {
+				t.Fatalf("next append: %+v, %v", r, err)
+			}
+		})
+	}
+}
+
+// gatedStore holds each Append until the test lets it through (or the
+// append's context ends), and counts appends.
+type gatedStore struct {
+	LogStore
+	gate    chan struct{} // an Append goes on when it receives
+	entered chan int      // each Append sends its batch size on entering
+	appends atomic.Int64
+}
+
+func newGatedStore() *gatedStore {
+	return &gatedStore{LogStore: &MemLogStore{}, gate: make(chan struct{}), entered: make(chan int, 100)}
+}
+
+func (g *gatedStore) Append(ctx context.Context, start int64, entries []LogEntry, hashes []Hash) error {
+	g.entered <- len(entries)
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	g.appends.Add(1)
+	return g.LogStore.Append(ctx, start, entries, hashes)
+}
+
+// waitPending waits until n appends wait in l.
+func waitPending(t *testing.T, l *Log, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		got := len(l.pending)
+		l.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d appends waiting, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type appendResult struct {
+	r   *Receipt
+	err error
+}
+
+func appendAsync(ctx context.Context, l *Log, data []byte) chan appendResult {
+	ch := make(chan appendResult, 1)
+	go func() {
+		r, err := l.Append(ctx, data)
+		ch <- appendResult{r, err}
+	}()
+	return ch
+}
+
+// TestLogGroupCommit: appends that arrive while one is being stored are
+// stored together in one store append, under one checkpoint, each with
+// its own receipt.
+func TestLogGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	st := newGatedStore()
+	s := testSigner(t)
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := appendAsync(ctx, l, entry(0))
+	if n := <-st.entered; n != 1 {
+		t.Fatalf("first batch of %d", n)
+	}
+	const waiting = 20
+	var results []chan appendResult
+	for i := 1; i <= waiting; i++ {
+		results = append(results, appendAsync(ctx, l, entry(i)))
+	}
+	// And one entry twice in the same batch.
+	results = append(results, appendAsync(ctx, l, entry(5)))
+	waitPending(t, l, waiting+1)
+	st.gate <- struct{}{}
+	if res := <-first; res.err != nil || res.r.Index != 0 {
+		t.Fatalf("first append: %+v", res)
+	}
+	if n := <-st.entered; n != waiting {
+		t.Fatalf("second batch of %d entries, want %d", n, waiting)
+	}
+	st.gate <- struct{}{}
+	var data [][]byte
+	var receipts []*Receipt
+	var ckpt []byte
+	for i, ch := range results {
+		res := <-ch
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		if ckpt == nil {
+			ckpt = res.r.Checkpoint
+		} else if string(ckpt) != string(res.r.Checkpoint) {
+			t.Error("one batch, several checkpoints")
+		}
+		d := entry(i + 1)
+		if i == waiting {
+			d = entry(5)
+		}
+		data, receipts = append(data, d), append(receipts, res.r)
+	}
+	if n := st.appends.Load(); n != 2 {
+		t.Fatalf("%d store appends for two batches", n)
+	}
+	if receipts[waiting].Index != receipts[4].Index {
+		t.Fatalf("one entry twice in a batch got indexes %d and %d", receipts[4].Index, receipts[waiting].Index)
+	}
+	checkAppended(t, l, st, s.VerifierKey(), append(data, entry(0)), append(receipts, (<-appendAsync(ctx, l, entry(0))).r))
+}
+
+// checkAppended is logtest.CheckAppended, which this package's own tests
+// cannot import: every distinct entry stored once, every receipt verifies,
+// every checkpoint consistent with the log now.
+func checkAppended(t *testing.T, l *Log, st LogStore, vkey string, data [][]byte, receipts []*Receipt) {
+	t.Helper()
+	ctx := context.Background()
+	index := make(map[string]int64)
+	for i, d := range data {
+		if receipts[i] == nil {
+			t.Fatalf("no receipt for %q", d)
+		}
+		if err := VerifyReceipt(receipts[i], d, vkey); err != nil {
+			t.Fatalf("receipt of %q: %v", d, err)
+		}
+		if n, ok := index[string(d)]; ok && n != receipts[i].Index {
+			t.Fatalf("%q at %d and %d", d, n, receipts[i].Index)
+		}
+		index[string(d)] = receipts[i].Index
+	}
+	if n, _ := st.Size(ctx); n != int64(len(index)) {
+		t.Fatalf("store holds %d entries for %d distinct appends", n, len(index))
+	}
+	now, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range receipts {
+		then, _ := OpenCheckpoint(r.Checkpoint, vkey)
+		p, err := l.ProveConsistency(ctx, then.Size, now.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyConsistency(then, now, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// racingStore lets another writer append just before each of the first
+// few appends through it, as another node would.
+type racingStore struct {
+	*MemLogStore
+	races int
+	other *Log
+	data  [][]byte // what the other writer appended
+}
+
+func (r *racingStore) Append(ctx context.Context, start int64, entries []LogEntry, hashes []Hash) error {
+	if r.races > 0 {
+		r.races--
+		d := fmt.Appendf(nil, "other node %d", len(r.data))
+		if _, err := r.other.Append(ctx, d); err != nil {
+			return err
+		}
+		r.data = append(r.data, d)
+	}
+	return r.MemLogStore.Append(ctx, start, entries, hashes)
+}
+
+// TestLogConflictRetry: an append that loses the race to another writer
+// re-reads the store and goes in after it.
+func TestLogConflictRetry(t *testing.T) {
+	ctx := context.Background()
+	mem := &MemLogStore{}
+	s := testSigner(t)
+	other, err := OpenLog(ctx, mem, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &racingStore{MemLogStore: mem, races: 3, other: other}
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.Append(ctx, entry(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Index != 3 {
+		t.Fatalf("index %d after three lost races, want 3", r.Index)
+	}
+	data := append(st.data, entry(0))
+	var receipts []*Receipt
+	for _, d := range data {
+		r, err := other.Append(ctx, d) // idempotent: the receipt of each
+		if err != nil {
+			t.Fatal(err)
+		}
+		receipts = append(receipts, r)
+	}
+	checkAppended(t, l, mem, s.VerifierKey(), data, receipts)
+
+	// A store that always conflicts makes Append give up, typed.
+	st.races = maxConflicts + 1
+	if _, err := l.Append(ctx, entry(1)); !errors.Is(err, ErrLogConflict) {
+		t.Fatalf("append that always loses: %v, want ErrLogConflict", err)
+	}
+}
+
+// TestLogCancelWaiting: an append whose context ends while it waits
+// leaves the queue, and the others go on.
+func TestLogCancelWaiting(t *testing.T) {
+	ctx := context.Background()
+	st := newGatedStore()
+	s := testSigner(t)
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := appendAsync(ctx, l, entry(0))
+	<-st.entered
+	cctx, cancel := context.WithCancel(ctx)
+	gone := appendAsync(cctx, l, entry(1))
+	kept := appendAsync(ctx, l, entry(2))
+	waitPending(t, l, 2)
+	cancel()
+	if res := <-gone; !errors.Is(res.err, context.Canceled) {
+		t.Fatalf("cancelled append: %+v", res)
+	}
+	st.gate <- struct{}{}
+	<-st.entered
+	st.gate <- struct{}{}
+	r0, r2 := <-first, <-kept
+	if r0.err != nil || r2.err != nil {
+		t.Fatal(r0.err, r2.err)
+	}
+	checkAppended(t, l, st, s.VerifierKey(), [][]byte{entry(0), entry(2)}, []*Receipt{r0.r, r2.r})
+}
+
+// TestLogLeaderCancelled: when the append committing a batch has its
+// context end, the others in the batch are committed by the next one.
+func TestLogLeaderCancelled(t *testing.T) {
+	ctx := context.Background()
+	st := newGatedStore()
+	s := testSigner(t)
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := appendAsync(ctx, l, entry(0))
+	<-st.entered
+	lctx, cancel := context.WithCancel(ctx)
+	leader := appendAsync(lctx, l, entry(1))
+	waitPending(t, l, 1)
+	others := []chan appendResult{appendAsync(ctx, l, entry(2)), appendAsync(ctx, l, entry(3))}
+	waitPending(t, l, 3)
+	st.gate <- struct{}{} // the first batch; then entry(1) leads 1, 2, 3
+	if res := <-first; res.err != nil {
+		t.Fatal(res.err)
+	}
+	if n := <-st.entered; n != 3 {
+		t.Fatalf("second batch of %d", n)
+	}
+	cancel()
+	if res := <-leader; !errors.Is(res.err, context.Canceled) {
+		t.Fatalf("cancelled leader: %+v", res)
+	}
+	<-st.entered // entries 2 and 3 (and perhaps 1) again, led by entry(2)
+	st.gate <- struct{}{}
+	data := [][]byte{entry(2), entry(3)}
+	var receipts []*Receipt
+	for _, ch := range others {
+		res := <-ch
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		receipts = append(receipts, res.r)
+	}
+	if n, _ := st.Size(ctx); n != 3 {
+		t.Fatalf("%d entries, want 3", n)
+	}
+	r0 := <-appendAsync(ctx, l, entry(0))
+	checkAppended(t, l, st, s.VerifierKey(), append(data, entry(0)), append(receipts, r0.r))
+}
+
+// TestFileLogStoreTornBatch: a crash in the middle of writing a batch
+// cuts the whole batch on opening, wherever the write was torn, and
+// keeps every batch before it.
+func TestFileLogStoreTornBatch(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "consent.log")
+	st, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testSigner(t)
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var receipts []*Receipt
+	for i := range 3 {
+		r, err := l.Append(ctx, entry(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		receipts = append(receipts, r)
+	}
+	before, _ := os.ReadFile(path)
+	hs, err := l.newHashes(ctx, 3, []LogEntry{{entry(3), LeafHash(entry(3))}, {entry(4), LeafHash(entry(4))}, {entry(5), LeafHash(entry(5))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Append(ctx, 3, []LogEntry{{entry(3), LeafHash(entry(3))}, {entry(4), LeafHash(entry(4))}, {entry(5), LeafHash(entry(5))}}, hs); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	full, _ := os.ReadFile(path)
+	if !bytes.HasPrefix(full, before) {
+		t.Fatal("an append rewrote the file")
+	}
+	want := append(append(append([]byte(nil), before...), logFrame(3, entry(3), true)...), logFrame(4, entry(4), true)...)
+	want = append(want, logFrame(5, entry(5), false)...)
+	if !bytes.Equal(full, want) {
+		t.Fatal("the batch's frames are not as documented")
+	}
+	for cut := len(before); cut <= len(full); cut++ {
+		for _, zeros := range []int{0, 100} {
+			torn := append(append([]byte(nil), full[:cut]...), make([]byte, zeros)...)
+			p := filepath.Join(dir, fmt.Sprintf("torn-%d-%d.log", cut, zeros))
+			os.WriteFile(p, torn, 0o600)
+			st2, err := OpenFileLogStore(p)
+			if err != nil {
+				t.Fatalf("cut at %d, %d zeros: %v", cut, zeros, err)
+			}
+			want := int64(3)
+			if cut == len(full) {
+				want = 6
+			}
+			if n, _ := st2.Size(ctx); n != want {
+				t.Fatalf("cut at %d, %d zeros: %d entries, want %d", cut, zeros, n, want)
+			}
+			if _, ok, _ := st2.Find(ctx, LeafHash(entry(3))); ok != (want == 6) {
+				t.Fatalf("cut at %d: entry 3 found: %v", cut, ok)
+			}
+			l2, err := OpenLog(ctx, st2, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLogHolds(t, l2, st2, s.VerifierKey(), receipts)
+			st2.Close()
+		}
+	}
+}
+
+// TestFileLogStoreGroupCommit: concurrent appends to a file log share
+// fsyncs, and the file reopens with every entry.
+func TestFileLogStoreGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "consent.log")
+	fs, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &countingStore{LogStore: fs}
+	s := testSigner(t)
+	l, err := OpenLog(ctx, st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const goroutines, each = 16, 20
+	var mu sync.Mutex
+	var data [][]byte
+	var receipts []*Receipt
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				d := entry(g*1000 + i)
+				r, err := l.Append(ctx, d)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				data, receipts = append(data, d), append(receipts, r)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d appends in %d store appends", len(data), st.appends.Load())
+	fs.Close()
+	fs2, err := OpenFileLogStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs2.Close()
+	l2, err := OpenLog(ctx, fs2, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAppended(t, l2, fs2, s.VerifierKey(), data, receipts)
+}
+
+// countingStore counts store appends and the entries in them.
+type countingStore struct {
+	LogStore
+	appends, entries atomic.Int64
+}
+
+func (c *countingStore) Append(ctx context.Context, start int64, entries []LogEntry, hashes []Hash) error {
+	err := c.LogStore.Append(ctx, start, entries, hashes)
+	if err == nil {
+		c.appends.Add(1)
+		c.entries.Add(int64(len(entries)))
+	}
+	return err
+}
+
+func TestHashText(t *testing.T) {
+	h := LeafHash([]byte("x"))
+	b, err := h.MarshalText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != base64.StdEncoding.EncodeToString(h[:]) || h.String() != string(b) {
+		t.Fatalf("text %s", b)
+	}
+	var back Hash
+	if err := back.UnmarshalText(b); err != nil || back != h {
+		t.Fatalf("round trip: %v", err)
+	}
+	// JSON receipts are as they were with tlog.Hash: base64 strings.
+	r := Receipt{Index: 1, Proof: []Hash{h}, Checkpoint: []byte("c")}
+	j, _ := json.Marshal(r)
+	old, _ := json.Marshal(struct {
+		Index      int64       `json:"index"`
+		Proof      []tlog.Hash `json:"proof"`
+		Checkpoint []byte      `json:"checkpoint"`
+	}{1, []tlog.Hash{tlog.Hash(h)}, []byte("c")})
+	if string(j) != string(old) {
+		t.Fatalf("JSON receipt %s, was %s", j, old)
+	}
+	for _, bad := range []string{"", "AAAA", string(b[:43]), string(b) + "=", strings.Repeat("A", 43) + "B", strings.Repeat("!", 44)} {
+		back = h
+		if err := back.UnmarshalText([]byte(bad)); err == nil || back != h {
+			t.Errorf("UnmarshalText(%q): %v", bad, err)
+		}
 	}
 }

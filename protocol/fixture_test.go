@@ -219,7 +219,11 @@ func sign(t testing.TB, r *consent.Record, key ed25519.PrivateKey, kid string) [
 func (f *fixture) receipt(t testing.TB) (*consent.Receipt, []byte) {
 	t.Helper()
 	ctx := context.Background()
-	log, err := consent.OpenLog(ctx, &consent.MemLogStore{}, f.logKey)
+	signer, err := note.NewSigner(f.logKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := consent.OpenLog(ctx, &consent.MemLogStore{}, signer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -247,7 +247,6 @@ func FuzzVerifyConsistency(f *testing.F) {
 	})
 }
 
-
 // FuzzExportReceipts decodes arbitrary CBOR as an Export, verifies it as a
 // whole and checks every receipt in it: errors are typed, an accepted
 // receipt proves what the log holds at its index, and an accepted export

@@ -225,6 +225,12 @@ func TestHistoryRetry(t *testing.T) {
 	}
 	r1, err := l.Append(ctx, first)
 	must(t, err)
+	r1again, err := l.Append(ctx, first) // the app's retry, logged again
+	must(t, err)
+	if r1again.Index != r1.Index {
+		t.Fatalf("the same bytes logged again at %d, first at %d", r1again.Index, r1.Index)
+	}
+	must(t, VerifyReceipt(r1again, first, vkey))
 	r2, err := l.Append(ctx, again)
 	must(t, err)
 	if err := h.SetReceipt(g.ID, r2, vkey); !errors.Is(err, ErrBadProof) {

@@ -22,47 +22,45 @@ func (s *Store) lockState(ctx context.Context, tx *sql.Tx, device identity.ID) (
 	return desired, reported, err
 }
 
-// SetDesired implements store.States.
-func (s *Store) SetDesired(ctx context.Context, device identity.ID, doc []byte, expected uint64) (uint64, error) {
-	if err := checkDocument("desired state", doc, true); err != nil {
+// setState replaces one of a device's documents: in a transaction, with
+// the device's state row locked, write gets the current versions and
+// returns the new document's.
+func (s *Store) setState(ctx context.Context, device identity.ID, what string, doc []byte, write func(tx *sql.Tx, desired, reported int64) (int64, error)) (uint64, error) {
+	if err := checkDocument(what, doc, true); err != nil {
 		return 0, err
 	}
 	var version int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		current, _, err := s.lockState(ctx, tx, device)
-		if err != nil {
-			return err
+		desired, reported, err := s.lockState(ctx, tx, device)
+		if err == nil {
+			version, err = write(tx, desired, reported)
 		}
-		if expected != 0 && uint64(current) != expected {
-			return &store.StaleError{What: "desired state", Named: expected, Current: uint64(current)}
-		}
-		version = current + 1
-		_, err = tx.ExecContext(ctx, `UPDATE states SET desired = $2, desired_version = $3 WHERE device = $1`, device[:], doc, version)
 		return err
 	})
 	return uint64(version), err
 }
 
+// SetDesired implements store.States.
+func (s *Store) SetDesired(ctx context.Context, device identity.ID, doc []byte, expected uint64) (uint64, error) {
+	return s.setState(ctx, device, "desired state", doc, func(tx *sql.Tx, current, _ int64) (int64, error) {
+		if expected != 0 && uint64(current) != expected {
+			return 0, &store.StaleError{What: "desired state", Named: expected, Current: uint64(current)}
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE states SET desired = $2, desired_version = $3 WHERE device = $1`, device[:], doc, current+1)
+		return current + 1, err
+	})
+}
+
 // SetReported implements store.States.
 func (s *Store) SetReported(ctx context.Context, device identity.ID, doc []byte, desired uint64) (uint64, error) {
-	if err := checkDocument("reported state", doc, true); err != nil {
-		return 0, err
-	}
-	var version int64
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		current, reported, err := s.lockState(ctx, tx, device)
-		if err != nil {
-			return err
-		}
+	return s.setState(ctx, device, "reported state", doc, func(tx *sql.Tx, current, reported int64) (int64, error) {
 		if uint64(current) != desired {
-			return &store.StaleError{What: "desired state", Named: desired, Current: uint64(current)}
+			return 0, &store.StaleError{What: "desired state", Named: desired, Current: uint64(current)}
 		}
-		version = reported + 1
-		_, err = tx.ExecContext(ctx, `UPDATE states SET reported = $2, reported_version = $3, seen = $4 WHERE device = $1`,
-			device[:], doc, version, current)
-		return err
+		_, err := tx.ExecContext(ctx, `UPDATE states SET reported = $2, reported_version = $3, seen = $4 WHERE device = $1`,
+			device[:], doc, reported+1, current)
+		return reported + 1, err
 	})
-	return uint64(version), err
 }
 
 // State implements store.States.

@@ -65,49 +65,44 @@ func testState(t *testing.T, s store.Store) {
 		ok(t, err, "State")
 		same(t, got, want, "State")
 	}
-	stale := func(err error, named, current uint64) {
-		t.Helper()
-		var se *store.StaleError
-		if !errors.As(err, &se) || !errors.Is(err, store.ErrStale) || se.Named != named || se.Current != current {
-			t.Fatalf("got error %v, want a stale version %d (current %d)", err, named, current)
+	// version and stale return checks of what SetDesired and SetReported
+	// return.
+	version := func(what string, want uint64) func(uint64, error) {
+		return func(got uint64, err error) {
+			t.Helper()
+			ok(t, err, what)
+			same(t, got, want, what+": version")
+		}
+	}
+	stale := func(named, current uint64) func(uint64, error) {
+		return func(_ uint64, err error) {
+			t.Helper()
+			var se *store.StaleError
+			if !errors.As(err, &se) || !errors.Is(err, store.ErrStale) || se.Named != named || se.Current != current {
+				t.Fatalf("got error %v, want a stale version %d (current %d)", err, named, current)
+			}
 		}
 	}
 	state(store.State{})
 	_, err := s.State(ctx, newID())
 	is(t, err, store.ErrNotFound, "State of an unknown device")
 
-	v, err := s.SetDesired(ctx, d, cbor(1), 0)
-	ok(t, err, "SetDesired")
-	same(t, v, uint64(1), "first desired version")
-	v, err = s.SetDesired(ctx, d, cbor(2), 1)
-	ok(t, err, "SetDesired")
-	same(t, v, uint64(2), "desired version")
-	_, err = s.SetDesired(ctx, d, cbor(3), 1)
-	stale(err, 1, 2)
-	_, err = s.SetDesired(ctx, d, cbor(3), 7)
-	stale(err, 7, 2)
+	version("first SetDesired", 1)(s.SetDesired(ctx, d, cbor(1), 0))
+	version("SetDesired naming the version", 2)(s.SetDesired(ctx, d, cbor(2), 1))
+	stale(1, 2)(s.SetDesired(ctx, d, cbor(3), 1))
+	stale(7, 2)(s.SetDesired(ctx, d, cbor(3), 7))
 	state(store.State{Desired: store.Document{Body: cbor(2), Version: 2}})
-	v, err = s.SetDesired(ctx, d, cbor(3), 0)
-	ok(t, err, "SetDesired")
-	same(t, v, uint64(3), "desired version, set whatever it was")
+	version("SetDesired naming none", 3)(s.SetDesired(ctx, d, cbor(3), 0))
 
-	_, err = s.SetReported(ctx, d, cbor(10), 2)
-	stale(err, 2, 3)
-	v, err = s.SetReported(ctx, d, cbor(10), 3)
-	ok(t, err, "SetReported")
-	same(t, v, uint64(1), "first reported version")
-	v, err = s.SetReported(ctx, d, cbor(11), 3)
-	ok(t, err, "SetReported")
-	same(t, v, uint64(2), "reported version")
+	stale(2, 3)(s.SetReported(ctx, d, cbor(10), 2))
+	version("first SetReported", 1)(s.SetReported(ctx, d, cbor(10), 3))
+	version("SetReported", 2)(s.SetReported(ctx, d, cbor(11), 3))
 	state(store.State{Desired: store.Document{Body: cbor(3), Version: 3}, Reported: store.Document{Body: cbor(11), Version: 2}, Seen: 3})
 
 	// Before any desired state, a report answers version 0.
 	d2 := w.addDevice(t, w.model)
-	_, err = s.SetReported(ctx, d2, cbor(1), 1)
-	stale(err, 1, 0)
-	v, err = s.SetReported(ctx, d2, cbor(1), 0)
-	ok(t, err, "SetReported before any desired state")
-	same(t, v, uint64(1), "first reported version")
+	stale(1, 0)(s.SetReported(ctx, d2, cbor(1), 1))
+	version("SetReported before any desired state", 1)(s.SetReported(ctx, d2, cbor(1), 0))
 
 	_, err = s.SetDesired(ctx, newID(), cbor(1), 0)
 	is(t, err, store.ErrNotFound, "SetDesired of an unknown device")

@@ -41,6 +41,7 @@ type StaleError struct {
 	Current uint64
 }
 
+// Error says which version is current.
 func (e *StaleError) Error() string {
 	return fmt.Sprintf("store: stale version: %s is at version %d, not %d", e.What, e.Current, e.Named)
 }
@@ -59,6 +60,7 @@ type TooLargeError struct {
 	Limit int
 }
 
+// Error says how large the document is.
 func (e *TooLargeError) Error() string {
 	return fmt.Sprintf("store: %s of %d bytes, limit %d", e.What, e.Size, e.Limit)
 }

@@ -114,7 +114,7 @@ type Readings interface {
 	// batches stay, so that a repeated batch is still known as one.
 	DeleteReadings(ctx context.Context, r Retention) (int64, error)
 	// ListGaps returns the runs of sequence numbers missing from a
-	// device's batches, by epoch and then first number.
+	// device's batches: grouped by epoch, each epoch's in order.
 	ListGaps(ctx context.Context, device identity.ID) ([]Gap, error)
 }
 

@@ -57,6 +57,10 @@ type Config struct {
 // 0700) and the database if they do not exist, and bringing the schema
 // up to date.
 func Open(ctx context.Context, dir string, cfg Config) (*sqlstore.Store, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}

@@ -75,7 +75,9 @@ func (s *Store) StoreBatches(ctx context.Context, bs []store.Batch) ([]store.Bat
 				return &batchError{err}
 			case err != nil:
 				r.Err = err
-				_, err = tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT batch`)
+				if _, err = tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT batch`); err == nil {
+					_, err = tx.ExecContext(ctx, `RELEASE SAVEPOINT batch`)
+				}
 			case savepoints:
 				_, err = tx.ExecContext(ctx, `RELEASE SAVEPOINT batch`)
 			}

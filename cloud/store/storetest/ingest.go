@@ -48,14 +48,23 @@ func testIngest(t *testing.T, s store.Store) {
 	_, err = s.ReadingProvenance(ctx, rs[2].ID+1000)
 	is(t, err, store.ErrNotFound, "ReadingProvenance of an unknown reading")
 
-	// Another epoch's sequence number 1 is another batch.
+	// Another epoch's sequence number 1 is another batch. Epochs use all
+	// 64 bits.
 	b2 := w.batch("temp", 1, 1)
-	b2.Key.Epoch = 8
+	b2.Key.Epoch = math.MaxUint64 - 1
 	r2, err := s.StoreBatch(ctx, b2)
 	ok(t, err, "StoreBatch in another epoch")
 	if r2.Duplicate || r2.ID == r.ID {
 		t.Fatalf("a batch in another epoch taken for a repeat: %+v", r2)
 	}
+	rs2, err := s.ListReadings(ctx, store.ReadingQuery{Device: w.device, Stream: "temp", From: b2.Readings[0].Time, To: b2.Readings[0].Time.Add(1)})
+	ok(t, err, "ListReadings")
+	p, err := s.ReadingProvenance(ctx, rs2[len(rs2)-1].ID)
+	ok(t, err, "ReadingProvenance")
+	same(t, p.Key, b2.Key, "key of a batch in epoch 2^64-2")
+	again, err = s.StoreBatch(ctx, b2)
+	ok(t, err, "StoreBatch of a repeat")
+	same(t, again, store.BatchResult{ID: r2.ID, Stored: 1, Duplicate: true}, "a repeat in epoch 2^64-2")
 
 	unknownDevice := w.batch("temp", 2, 1)
 	unknownDevice.Device = newID()

@@ -47,7 +47,9 @@
 // stores a batch once: the same batch again reports Duplicate with the
 // first batch's ID and count, and the same key with another digest is
 // ErrConflict. A batch is stored whole or not at all. Sequence numbers a
-// batch skips are kept as [Gap]s until later batches fill them.
+// batch skips are kept as gaps ([Gap]) until later batches fill them. A
+// device numbers the batches of its whole outbox, all streams together,
+// so gaps are kept per device and epoch.
 //
 // # Claim codes
 //

@@ -30,12 +30,12 @@ func (s *Store) EnqueueCommand(ctx context.Context, c store.Command) error {
 	if err != nil {
 		return err
 	}
-	return s.insertOnce(ctx, s.db, "command "+c.ID.String(), "device "+c.Device.String(),
+	return s.insertOnce(ctx, "command "+c.ID.String(), "device "+c.Device.String(),
 		`INSERT INTO commands (device, id, name, args, created, expires, state) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
 		c.Device[:], c.ID[:], c.Name, nullBytes(c.Args), created, expires, int64(store.Pending))
 }
 
-const commandColumns = `SELECT device, id, name, args, created, expires, state, delivered, finished, result FROM commands`
+const selectCommand = `SELECT device, id, name, args, created, expires, state, delivered, finished, result FROM commands`
 
 func scanCommand(r scanner) (c store.Command, err error) {
 	var dev, id []byte
@@ -54,7 +54,7 @@ func scanCommand(r scanner) (c store.Command, err error) {
 
 // Command implements store.Commands.
 func (s *Store) Command(ctx context.Context, device identity.ID, id protocol.CommandID) (store.Command, error) {
-	c, err := scanCommand(s.db.QueryRowContext(ctx, commandColumns+` WHERE device = $1 AND id = $2`, device[:], id[:]))
+	c, err := scanCommand(s.db.QueryRowContext(ctx, selectCommand+` WHERE device = $1 AND id = $2`, device[:], id[:]))
 	return c, noRows(err, "command %s of device %s", id, device)
 }
 
@@ -70,7 +70,7 @@ func (s *Store) DeliverableCommands(ctx context.Context, device identity.ID, now
 	if err != nil {
 		return nil, err
 	}
-	return collect(ctx, s.db, scanCommand, commandColumns+` WHERE device = $1 AND `+deliverable("$2")+` ORDER BY created, id LIMIT $3`,
+	return collect(ctx, s.db, scanCommand, selectCommand+` WHERE device = $1 AND `+deliverable("$2")+` ORDER BY created, id LIMIT $3`,
 		device[:], at, store.MaxList)
 }
 
@@ -80,6 +80,7 @@ func (s *Store) MarkDelivered(ctx context.Context, device identity.ID, id protoc
 	if err != nil {
 		return err
 	}
+	// 2 is Delivered.
 	res, err := s.db.ExecContext(ctx, `UPDATE commands SET state = 2, delivered = COALESCE(delivered, $3)
 		WHERE device = $1 AND id = $2 AND `+deliverable("$3"), device[:], id[:], when)
 	if err != nil {

@@ -19,11 +19,11 @@ func (s *Store) AddModel(ctx context.Context, m store.Model) error {
 	if err := checkText("model name", m.Name, false); err != nil {
 		return err
 	}
-	return s.insertOnce(ctx, s.db, "model "+m.ID, "",
+	return s.insertOnce(ctx, "model "+m.ID, "",
 		`INSERT INTO models (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING`, m.ID, m.Name)
 }
 
-const modelColumns = `SELECT id, name FROM models`
+const selectModel = `SELECT id, name FROM models`
 
 func scanModel(r scanner) (m store.Model, err error) {
 	err = r.Scan(&m.ID, &m.Name)
@@ -32,13 +32,13 @@ func scanModel(r scanner) (m store.Model, err error) {
 
 // Model implements store.Models.
 func (s *Store) Model(ctx context.Context, id string) (store.Model, error) {
-	m, err := scanModel(s.db.QueryRowContext(ctx, modelColumns+` WHERE id = $1`, id))
+	m, err := scanModel(s.db.QueryRowContext(ctx, selectModel+` WHERE id = $1`, id))
 	return m, noRows(err, "model %q", id)
 }
 
 // ListModels implements store.Models.
 func (s *Store) ListModels(ctx context.Context) ([]store.Model, error) {
-	return collect(ctx, s.db, scanModel, modelColumns+` ORDER BY id`)
+	return collect(ctx, s.db, scanModel, selectModel+` ORDER BY id`)
 }
 
 // AddManifest implements store.Manifests.
@@ -56,12 +56,12 @@ func (s *Store) AddManifest(ctx context.Context, m store.Manifest) error {
 	if err != nil {
 		return err
 	}
-	return s.insertOnce(ctx, s.db, "manifest "+m.Hash.String(), "model "+m.Model,
+	return s.insertOnce(ctx, "manifest "+m.Hash.String(), "model "+m.Model,
 		`INSERT INTO manifests (hash, model, signed, added) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
 		m.Hash[:], m.Model, m.Signed, added)
 }
 
-const manifestColumns = `SELECT hash, model, signed, added FROM manifests`
+const selectManifest = `SELECT hash, model, signed, added FROM manifests`
 
 func scanManifest(r scanner) (m store.Manifest, err error) {
 	var hash []byte
@@ -75,13 +75,13 @@ func scanManifest(r scanner) (m store.Manifest, err error) {
 
 // Manifest implements store.Manifests.
 func (s *Store) Manifest(ctx context.Context, hash protocol.Hash) (store.Manifest, error) {
-	m, err := scanManifest(s.db.QueryRowContext(ctx, manifestColumns+` WHERE hash = $1`, hash[:]))
+	m, err := scanManifest(s.db.QueryRowContext(ctx, selectManifest+` WHERE hash = $1`, hash[:]))
 	return m, noRows(err, "manifest %s", hash)
 }
 
 // ListManifests implements store.Manifests.
 func (s *Store) ListManifests(ctx context.Context, model string) ([]store.Manifest, error) {
-	return collect(ctx, s.db, scanManifest, manifestColumns+` WHERE model = $1 ORDER BY added, hash`, model)
+	return collect(ctx, s.db, scanManifest, selectManifest+` WHERE model = $1 ORDER BY added, hash`, model)
 }
 
 // CreateDevice implements store.Devices.
@@ -125,7 +125,7 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
 			return &store.TooLargeError{What: "certificate chain", Size: len(chain), Limit: codec.DefaultMaxBody}
 		}
 	}
-	return s.insertOnce(ctx, s.db, "device "+d.ID.String(), "model "+d.Model,
+	return s.insertOnce(ctx, "device "+d.ID.String(), "model "+d.Model,
 		`INSERT INTO devices (id, public_key, chain, model, owner, standing, reason, standing_at, created)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
 		d.ID[:], d.PublicKey, nullBytes(chain), d.Model, d.Owner, int64(d.Standing), d.StandingReason, since, created)
@@ -138,7 +138,7 @@ func checkStanding(s store.Standing) error {
 	return nil
 }
 
-const deviceColumns = `SELECT id, public_key, chain, model, owner, standing, reason, standing_at, created FROM devices`
+const selectDevice = `SELECT id, public_key, chain, model, owner, standing, reason, standing_at, created FROM devices`
 
 func scanDevice(r scanner) (d store.Device, err error) {
 	var id, chain []byte
@@ -158,7 +158,7 @@ func scanDevice(r scanner) (d store.Device, err error) {
 
 // Device implements store.Devices.
 func (s *Store) Device(ctx context.Context, id identity.ID) (store.Device, error) {
-	d, err := scanDevice(s.db.QueryRowContext(ctx, deviceColumns+` WHERE id = $1`, id[:]))
+	d, err := scanDevice(s.db.QueryRowContext(ctx, selectDevice+` WHERE id = $1`, id[:]))
 	return d, noRows(err, "device %s", id)
 }
 
@@ -220,7 +220,7 @@ func (s *Store) ListDevicesByModel(ctx context.Context, model string, p store.Pa
 // listDevices lists a page of the devices whose column (a constant) holds
 // value.
 func (s *Store) listDevices(ctx context.Context, column, value string, p store.Page) ([]store.Device, error) {
-	return collect(ctx, s.db, scanDevice, deviceColumns+` WHERE `+column+` = $1 AND id > $2 ORDER BY id LIMIT $3`,
+	return collect(ctx, s.db, scanDevice, selectDevice+` WHERE `+column+` = $1 AND id > $2 ORDER BY id LIMIT $3`,
 		value, p.After[:], limit(p.Limit))
 }
 
@@ -236,12 +236,12 @@ func (s *Store) AddAppKey(ctx context.Context, k store.AppKey) error {
 	if err != nil {
 		return err
 	}
-	return s.insertOnce(ctx, s.db, "app key", "",
+	return s.insertOnce(ctx, "app key", "",
 		`INSERT INTO app_keys (kid, subject, public_key, added) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
 		k.KID, k.Subject, k.PublicKey, added)
 }
 
-const appKeyColumns = `SELECT kid, subject, public_key, added, removed FROM app_keys`
+const selectAppKey = `SELECT kid, subject, public_key, added, removed FROM app_keys`
 
 func scanAppKey(r scanner) (k store.AppKey, err error) {
 	var added int64
@@ -253,7 +253,7 @@ func scanAppKey(r scanner) (k store.AppKey, err error) {
 
 // AppKey implements store.AppKeys.
 func (s *Store) AppKey(ctx context.Context, kid []byte) (store.AppKey, error) {
-	k, err := scanAppKey(s.db.QueryRowContext(ctx, appKeyColumns+` WHERE kid = $1 AND removed IS NULL`, kid))
+	k, err := scanAppKey(s.db.QueryRowContext(ctx, selectAppKey+` WHERE kid = $1 AND removed IS NULL`, kid))
 	return k, noRows(err, "app key %x", kid)
 }
 
@@ -272,5 +272,5 @@ func (s *Store) RemoveAppKey(ctx context.Context, kid []byte, at time.Time) erro
 
 // ListAppKeys implements store.AppKeys.
 func (s *Store) ListAppKeys(ctx context.Context, subject string) ([]store.AppKey, error) {
-	return collect(ctx, s.db, scanAppKey, appKeyColumns+` WHERE subject = $1 AND removed IS NULL ORDER BY added, kid`, subject)
+	return collect(ctx, s.db, scanAppKey, selectAppKey+` WHERE subject = $1 AND removed IS NULL ORDER BY added, kid`, subject)
 }

@@ -80,13 +80,6 @@ func (s *Store) Close() error {
 // Writing through it bypasses every check the store makes.
 func (s *Store) DB() *sql.DB { return s.db }
 
-// querier is what *sql.DB and *sql.Tx have in common.
-type querier interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
 // inTx runs fn in a transaction and commits it, running it again (up to
 // maxTries in all) when it fails with an error the dialect calls
 // retryable. fn must not keep state across runs.
@@ -114,8 +107,8 @@ func (s *Store) txOnce(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // insertOnce runs an INSERT ... ON CONFLICT DO NOTHING and maps what it
 // did to the store's errors: no row inserted is ErrConflict, a missing
 // referenced row ErrNotFound (missing names it).
-func (s *Store) insertOnce(ctx context.Context, q querier, what, missing, query string, args ...any) error {
-	res, err := q.ExecContext(ctx, query, args...)
+func (s *Store) insertOnce(ctx context.Context, what, missing, query string, args ...any) error {
+	res, err := s.db.ExecContext(ctx, query, args...)
 	if err != nil {
 		if s.d.IsForeignKeyViolation(err) {
 			return fail(store.ErrNotFound, "%s", missing)
@@ -264,8 +257,8 @@ type scanner interface {
 }
 
 // collect runs a query and scans each row with scan.
-func collect[T any](ctx context.Context, q querier, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
+func collect[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

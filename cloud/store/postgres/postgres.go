@@ -1,0 +1,64 @@
+// Package postgres opens the cloud's store in a PostgreSQL database, for
+// several cloud nodes that share their state. It uses pgx
+// (github.com/jackc/pgx/v5) through its database/sql driver.
+//
+// Every node opens the same database with Open. The first to open an
+// empty or older database migrates it, under a transaction-scoped
+// advisory lock, while the others wait and then find it done.
+// Transactions run at READ COMMITTED and lock the rows they read before
+// writing; one that deadlocks or fails to serialize is run again.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/sensible-iot/sensible/cloud/store/sqlstore"
+)
+
+// schemaLock is the advisory lock key under which the schema is migrated:
+// "sensible" in ASCII.
+const schemaLock = 0x73656e7369626c65
+
+// Config configures a store. The zero value is ready to use.
+type Config struct {
+	// MaxConns bounds the node's open connections; zero means no bound
+	// but the server's.
+	MaxConns int
+}
+
+// Open opens the store in the database that url names, a PostgreSQL
+// connection URL or key=value string as libpq takes it (e.g.
+// "postgres://cloud@db.internal/sensible?sslmode=verify-full"), and
+// brings the schema up to date.
+func Open(ctx context.Context, url string, cfg Config) (*sqlstore.Store, error) {
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	db := stdlib.OpenDB(*cc)
+	db.SetMaxOpenConns(cfg.MaxConns)
+	return sqlstore.Open(ctx, db, sqlstore.Dialect{
+		Name:                  "postgres",
+		Bytes:                 "BYTEA",
+		Serial:                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+		LockSchema:            fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", schemaLock),
+		IsForeignKeyViolation: hasCode("23503"),
+		IsRetryable:           hasCode("40001", "40P01"),
+	})
+}
+
+// hasCode returns a function that reports whether an error is a
+// PostgreSQL error with one of the SQLSTATE codes.
+func hasCode(codes ...string) func(error) bool {
+	return func(err error) bool {
+		var e *pgconn.PgError
+		return errors.As(err, &e) && slices.Contains(codes, e.Code)
+	}
+}

@@ -1,0 +1,241 @@
+package cloud
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sensible-iot/sensible/cloud/store"
+	"github.com/sensible-iot/sensible/cloud/store/sqlite"
+	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/transport"
+)
+
+// Defaults of Config.
+const (
+	// DefaultTokenAudience is the aud a device token must name.
+	DefaultTokenAudience = "sensible"
+	// DefaultMaxIncidents is how many incidents within IncidentWindow
+	// suspend a device.
+	DefaultMaxIncidents = 10
+	// DefaultIncidentWindow is the window incidents are counted in.
+	DefaultIncidentWindow = 24 * time.Hour
+)
+
+// Config configures a Node. The zero value with Dir set is a working
+// node: SQLite in Dir, a self-signed server certificate made at start,
+// devices authenticated by token (and by certificate or PSK once
+// DeviceRoots or FleetSecret is set).
+type Config struct {
+	// Dir is the directory of the SQLite store, used when Store is nil.
+	Dir string
+	// Store is the node's store; nil opens SQLite in Dir. A store given
+	// here is not closed by Node.Close.
+	Store store.Store
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// Certificate is the server's certificate chain and key for TLS and
+	// certificate DTLS; nil makes a self-signed one for "localhost" at
+	// start (for development: devices cannot check it against anything).
+	Certificate *tls.Certificate
+	// DeviceRoots are the manufacturer roots that device certificate
+	// chains must lead to. A device whose chain verifies is admitted on
+	// first contact and registered when it enrolls (zero-touch).
+	DeviceRoots *x509.CertPool
+	// FleetSecret derives the DTLS pre-shared key of each device imported
+	// with ImportDevice (transport.DerivePSK); nil disables PSK.
+	FleetSecret []byte
+	// Controllers are the maker's keys (consent.ControllerKey role): they
+	// sign manifests and may revoke consent.
+	Controllers []consent.TrustedKey
+	// TokenAudience is the aud a device token must name; empty means
+	// DefaultTokenAudience.
+	TokenAudience string
+	// MaxIncidents suspends a device once it has this many incidents
+	// within IncidentWindow; zero means DefaultMaxIncidents, negative
+	// never.
+	MaxIncidents int
+	// IncidentWindow is the window of MaxIncidents; zero means
+	// DefaultIncidentWindow.
+	IncidentWindow time.Duration
+	// Transport holds the transport's limits (connections, rates, sizes).
+	// The node sets its PSK, Authorize, Tokens, Certificate and
+	// DeviceRoots.
+	Transport transport.ServerConfig
+}
+
+// A Node is one cloud node. It is safe for concurrent use.
+type Node struct {
+	cfg      Config
+	store    store.Store
+	ownStore bool
+	log      *slog.Logger
+	now      func() time.Time
+	srv      *transport.Server
+	keys     *Keys
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New starts a node: it opens the store (SQLite in cfg.Dir when cfg.Store
+// is nil) and registers the v1 resources. Listen then makes it reachable.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	n := &Node{cfg: cfg, store: cfg.Store, log: cfg.Logger, now: cfg.Now}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if n.now == nil {
+		n.now = time.Now
+	}
+	if n.cfg.TokenAudience == "" {
+		n.cfg.TokenAudience = DefaultTokenAudience
+	}
+	if n.cfg.MaxIncidents == 0 {
+		n.cfg.MaxIncidents = DefaultMaxIncidents
+	}
+	if n.cfg.IncidentWindow == 0 {
+		n.cfg.IncidentWindow = DefaultIncidentWindow
+	}
+	if n.store == nil {
+		if cfg.Dir == "" {
+			return nil, errors.New("cloud: Config needs a Store or a Dir for SQLite")
+		}
+		st, err := sqlite.Open(ctx, cfg.Dir, sqlite.Config{})
+		if err != nil {
+			return nil, err
+		}
+		n.store, n.ownStore = st, true
+	}
+	keys, err := NewKeys(n.store, cfg.Controllers)
+	if err != nil {
+		n.closeStore()
+		return nil, err
+	}
+	n.keys = keys
+
+	tcfg := cfg.Transport
+	tcfg.Authorize = n.authorize
+	tcfg.DeviceRoots = cfg.DeviceRoots
+	tcfg.Certificate = cfg.Certificate
+	if tcfg.Certificate == nil {
+		c, err := selfSignedCertificate()
+		if err != nil {
+			n.closeStore()
+			return nil, err
+		}
+		tcfg.Certificate = c
+		n.log.Warn("no server certificate configured: using a self-signed one for localhost")
+	}
+	if len(cfg.FleetSecret) > 0 {
+		tcfg.PSK = n.psk
+	}
+	tokens, err := identity.NewTokenVerifier(identity.VerifierConfig{
+		Audience: n.cfg.TokenAudience,
+		Keys:     n.deviceKey,
+		Now:      n.now,
+	})
+	if err != nil {
+		n.closeStore()
+		return nil, err
+	}
+	tcfg.Tokens = tokens
+	n.srv = transport.NewServer(tcfg)
+	for _, r := range n.resources() {
+		if err := n.srv.Handle(r); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// Listen starts serving on address, a coap://, coaps://, coap+tcp:// or
+// coaps+tcp:// URL (port 0 picks a free one), and returns the URL it
+// listens on.
+func (n *Node) Listen(address string) (string, error) { return n.srv.Listen(address) }
+
+// Store returns the node's store.
+func (n *Node) Store() store.Store { return n.store }
+
+// Keys returns the keys the node trusts to sign consent records and
+// manifests: the subjects' app keys from the registry, the devices' keys,
+// and the maker's controller keys.
+func (n *Node) Keys() consent.Keys { return n.keys }
+
+// Close stops serving, waits for the handlers in progress, and closes the
+// store if the node opened it. It may be called more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.srv != nil {
+			n.closeErr = n.srv.Close()
+		}
+		if err := n.closeStore(); err != nil && n.closeErr == nil {
+			n.closeErr = err
+		}
+	})
+	return n.closeErr
+}
+
+func (n *Node) closeStore() error {
+	if n.ownStore {
+		return n.store.Close()
+	}
+	return nil
+}
+
+// resources lists the v1 resources the node serves.
+func (n *Node) resources() []transport.Resource {
+	return nil
+}
+
+// authorize is the transport's Authorize hook: every way in asks the
+// registry. A device the registry does not know is admitted only with a
+// verified manufacturer chain, so that it can enroll.
+func (n *Node) authorize(ctx context.Context, p transport.Peer) error {
+	if p.Method == "revoked" {
+		return fmt.Errorf("cloud: device %s was just refused", p.Device)
+	}
+	d, err := n.store.Device(ctx, p.Device)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if p.Method == "cert" {
+			return nil // zero-touch: its chain verified; it enrolls next
+		}
+		return fmt.Errorf("cloud: device %s is not registered", p.Device)
+	case err != nil:
+		return err
+	case d.Standing != store.Active:
+		return fmt.Errorf("cloud: device %s is %s", p.Device, d.Standing)
+	}
+	return nil
+}
+
+// psk returns an imported device's pre-shared key.
+func (n *Node) psk(ctx context.Context, id identity.ID) ([]byte, error) {
+	if _, err := n.store.Device(ctx, id); err != nil {
+		return nil, err
+	}
+	return transport.DerivePSK(n.cfg.FleetSecret, id)
+}
+
+// deviceKey returns a registered device's public key, for its tokens.
+func (n *Node) deviceKey(ctx context.Context, id identity.ID) (crypto.PublicKey, error) {
+	d, err := n.store.Device(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", identity.ErrUnknownDevice, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParsePKIXPublicKey(d.PublicKey)
+}

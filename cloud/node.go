@@ -82,6 +82,7 @@ type Node struct {
 	now      func() time.Time
 	srv      *transport.Server
 	keys     *Keys
+	cert     *tls.Certificate
 
 	closeOnce sync.Once
 	closeErr  error
@@ -136,6 +137,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		tcfg.Certificate = c
 		n.log.Warn("no server certificate configured: using a self-signed one for localhost")
 	}
+	n.cert = tcfg.Certificate
 	if len(cfg.FleetSecret) > 0 {
 		tcfg.PSK = n.psk
 	}
@@ -163,6 +165,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 // coaps+tcp:// URL (port 0 picks a free one), and returns the URL it
 // listens on.
 func (n *Node) Listen(address string) (string, error) { return n.srv.Listen(address) }
+
+// Certificate returns the server certificate the node presents over TLS
+// and certificate DTLS, its chain ending in its root: the configured one,
+// or the self-signed one made at start.
+func (n *Node) Certificate() *tls.Certificate { return n.cert }
 
 // Store returns the node's store.
 func (n *Node) Store() store.Store { return n.store }

@@ -557,7 +557,7 @@ func (c *Client) dialTCP(ctx context.Context, op string, tcfg *tls.Config, opts 
 		// Over TCP a message carries its whole body (RFC 8323): no
 		// block-wise layer, and none for a hostile server to crash.
 		options.WithBlockwise(false, blockwise.SZX1024, 0),
-		options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
+		tcpIdleTimeout(c.cfg.IdleTimeout))
 	conn, err := tcp.Client(nc, opts...)
 	if err != nil {
 		nc.Close()

@@ -784,7 +784,7 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 func (s *Server) serveTCP(l tcpserver.Listener, scheme string, authenticate func(*tcpclient.Conn, *session), opts ...tcpserver.Option) {
 	opts = append(opts,
 		options.WithRequestMonitor(s.tcpFilter),
-		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
+		tcpIdleTimeout(s.cfg.IdleTimeout),
 		options.WithOnNewConn(func(cc *tcpclient.Conn) { authenticate(cc, s.attach(cc, scheme)) }),
 		// No queue between a connection's reader and its handler: go-coap
 		// reads the next message only once the handler has taken the last

@@ -116,7 +116,8 @@ type RetryPolicy struct {
 	Max time.Duration
 	// Timeout bounds one attempt: how long the client waits for the
 	// response before it takes the connection for lost. Zero means
-	// DefaultAttemptTimeout.
+	// DefaultAttemptTimeout. An attempt may wait up to 1/64 longer: the
+	// attempts that start about the same time share one timer.
 	Timeout time.Duration
 }
 
@@ -185,6 +186,8 @@ type Client struct {
 	// does not know, so that the server may add fields.
 	dec *codec.Decoder
 
+	clock *attemptClock // bounds each attempt by the attempt timeout
+
 	tick chan struct{}      // closed by Close: ends go-coap's periodic runner
 	kick chan struct{}      // wakes the keeper
 	stop context.CancelFunc // ends the keeper's context
@@ -240,9 +243,10 @@ func Dial(ctx context.Context, rawURL string, cfg ClientConfig) (*Client, error)
 	}
 	c := &Client{cfg: cfg, url: u, log: log, dec: dec, tick: make(chan struct{}), kick: make(chan struct{}, 1),
 		observations: make(map[*Observation]struct{}), byToken: make(map[string]*Observation),
-		uploads: make(map[string]struct{})}
+		uploads: make(map[string]struct{}), clock: newAttemptClock(cfg.Retry.timeout())}
 	conn, err := c.connect(ctx)
 	if err != nil {
+		c.clock.stop()
 		close(c.tick)
 		return nil, err
 	}
@@ -385,7 +389,7 @@ func (c *Client) attempt(ctx context.Context, fn func(context.Context, mux.Conn)
 	if err != nil {
 		return unlessDone(ctx, err)
 	}
-	actx, cancel := context.WithTimeout(ctx, c.cfg.Retry.timeout())
+	actx, cancel := c.clock.bound(ctx, time.Now())
 	defer cancel()
 	err = fn(actx, conn)
 	if errors.Is(err, ErrUnauthorized) && c.usesToken() {
@@ -403,9 +407,11 @@ func (c *Client) attempt(ctx context.Context, fn func(context.Context, mux.Conn)
 			err = fn(actx, conn)
 		}
 	}
-	var ce *connError
-	if errors.As(err, &ce) {
-		c.drop(conn, err)
+	if err != nil {
+		var ce *connError
+		if errors.As(err, &ce) {
+			c.drop(conn, err)
+		}
 	}
 	return unlessDone(ctx, err)
 }
@@ -414,8 +420,11 @@ func (c *Client) attempt(ctx context.Context, fn func(context.Context, mux.Conn)
 // (errors.Is(err, context.DeadlineExceeded) or context.Canceled), for it
 // was the caller who stopped waiting, not the server who failed.
 func unlessDone(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
 	var ce *connError
-	if ctx.Err() != nil && errors.As(err, &ce) {
+	if errors.As(err, &ce) {
 		return fmt.Errorf("transport: %s: %w", ce.op, ctx.Err())
 	}
 	return err
@@ -548,7 +557,7 @@ func (c *Client) dialTCP(ctx context.Context, op string, tcfg *tls.Config, opts 
 		// Over TCP a message carries its whole body (RFC 8323): no
 		// block-wise layer, and none for a hostile server to crash.
 		options.WithBlockwise(false, blockwise.SZX1024, 0),
-		options.WithInactivityMonitor(c.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }))
+		tcpIdleTimeout(c.cfg.IdleTimeout))
 	conn, err := tcp.Client(nc, opts...)
 	if err != nil {
 		nc.Close()
@@ -875,6 +884,7 @@ func (c *Client) Close() error {
 	clear(c.byToken)
 	c.mu.Unlock()
 	c.stop()
+	c.clock.stop()
 	for _, o := range obs {
 		o.halt()
 	}

@@ -784,7 +784,7 @@ func listenUDP(host string) (*coapnet.UDPConn, error) {
 func (s *Server) serveTCP(l tcpserver.Listener, scheme string, authenticate func(*tcpclient.Conn, *session), opts ...tcpserver.Option) {
 	opts = append(opts,
 		options.WithRequestMonitor(s.tcpFilter),
-		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *tcpclient.Conn) { cc.Close() }),
+		tcpIdleTimeout(s.cfg.IdleTimeout),
 		options.WithOnNewConn(func(cc *tcpclient.Conn) { authenticate(cc, s.attach(cc, scheme)) }),
 		// No queue between a connection's reader and its handler: go-coap
 		// reads the next message only once the handler has taken the last
@@ -932,17 +932,14 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) reply {
 	if r.HasOption(message.URIQuery) {
 		queries, _ = r.Queries()
 	}
-	req := &Request{Method: method, Path: path, Query: queries, Format: format, Body: body, Device: dev, dec: rt.dec}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	if !dev.IsZero() {
-		ctx = context.WithValue(ctx, deviceKey{}, dev)
-	}
+	call := &handlerCall{req: Request{Method: method, Path: path, Query: queries, Format: format, Body: body, Device: dev, dec: rt.dec}}
+	call.ctx.init(r.Context(), time.Now(), s.cfg.RequestTimeout, dev)
+	defer call.ctx.end()
 	h := rt.Handler
 	if path == AuthPath && s.cfg.Tokens != nil {
 		h = s.authHandler(ss)
 	}
-	out, herr := h(ctx, req)
+	out, herr := h(&call.ctx, &call.req)
 	if herr != nil {
 		var e *Error
 		if errors.As(herr, &e) {

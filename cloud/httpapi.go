@@ -133,6 +133,7 @@ type httpAPI struct {
 	mu       sync.Mutex
 	closed   bool
 	serving  sync.WaitGroup // one per listener
+	conns    sync.WaitGroup // one per connection, from StateNew to StateClosed or StateHijacked
 	handlers sync.WaitGroup // one per request in progress
 }
 
@@ -168,6 +169,7 @@ func newHTTPAPI(n *Node) (*httpAPI, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return a.ctx },
+		ConnState:         a.connState,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 		TLSConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
@@ -217,7 +219,8 @@ func (a *httpAPI) listen(u *url.URL) (string, error) {
 }
 
 // close stops the listeners, cancels and closes every connection, and
-// waits for the handlers in progress.
+// waits for the goroutines of the listeners, of the connections and of
+// the handlers in progress.
 func (a *httpAPI) close() {
 	a.mu.Lock()
 	if a.closed {
@@ -228,8 +231,22 @@ func (a *httpAPI) close() {
 	a.mu.Unlock()
 	a.cancel()
 	a.srv.Close()
-	a.serving.Wait()
+	a.serving.Wait() // no connection is accepted after this
+	a.conns.Wait()
 	a.handlers.Wait()
+}
+
+// connState counts connections, so that close can wait for their
+// goroutines: net/http reports StateNew once for each (HTTP/2 too), just
+// before it starts the connection's goroutine, and then StateHijacked or,
+// as that goroutine ends, StateClosed.
+func (a *httpAPI) connState(_ net.Conn, s http.ConnState) {
+	switch s {
+	case http.StateNew:
+		a.conns.Add(1)
+	case http.StateHijacked, http.StateClosed:
+		a.conns.Done()
+	}
 }
 
 // enter counts a request in progress, unless the API is closed.

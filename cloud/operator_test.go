@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/sensible-iot/sensible/cloud/store"
+	"github.com/sensible-iot/sensible/cloud/store/sqlite"
 	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/device/identity"
@@ -1252,6 +1254,14 @@ func TestOperatorListenAndClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return")
 	}
+	// Close waited for the server's goroutines.
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for _, f := range []string{"net/http.(*conn).serve", "net/http.(*Server).Serve", "cloud.(*httpAPI)"} {
+		if strings.Contains(stacks, f) {
+			t.Errorf("a goroutine in %s outlived Close", f)
+		}
+	}
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := conn.Read(make([]byte, 1)); err == nil {
 		t.Error("a keep-alive connection outlived Close")
@@ -1266,4 +1276,63 @@ func TestOperatorListenAndClose(t *testing.T) {
 	if err := e.n.Close(); err != nil {
 		t.Errorf("Close again: %v", err)
 	}
+}
+
+// blockingStore blocks ListModels until its context ends.
+type blockingStore struct {
+	store.Store
+	entered  chan struct{}
+	returned chan struct{}
+}
+
+func (s *blockingStore) ListModels(ctx context.Context) ([]store.Model, error) {
+	close(s.entered)
+	<-ctx.Done()
+	close(s.returned)
+	return nil, ctx.Err()
+}
+
+// TestOperatorCloseCancelsRequests: Close cancels a request in progress
+// and returns only after its handler has.
+func TestOperatorCloseCancelsRequests(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, t.TempDir(), sqlite.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bs := &blockingStore{Store: st, entered: make(chan struct{}), returned: make(chan struct{})}
+	e := newOpsEnv(t, func(c *Config) { c.Store = bs })
+	tok := e.token(ScopeModelsRead)
+	answered := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", e.url+"/v1/models", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := e.client.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		answered <- err
+	}()
+	select {
+	case <-bs.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the store")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- e.n.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not cancel the request in progress")
+	}
+	select {
+	case <-bs.returned:
+	default:
+		t.Fatal("Close returned before the handler did")
+	}
+	<-answered
 }

@@ -704,6 +704,20 @@ type incidentJSON struct {
 	Detail string    `json:"detail"`
 }
 
+func newIncidentJSON(i store.Incident) incidentJSON {
+	return incidentJSON{ID: i.ID, Time: i.Time, Kind: i.Kind, Detail: i.Detail}
+}
+
+// jsonList converts a list for an answer; none is an empty list, not
+// null.
+func jsonList[T, J any](xs []T, conv func(T) J) []J {
+	out := make([]J, len(xs))
+	for i, x := range xs {
+		out[i] = conv(x)
+	}
+	return out
+}
+
 // settingsCBOR turns settings from a JSON object (decoded with UseNumber)
 // into the document devices read: protocol.Settings in deterministic
 // CBOR. A number with a fraction or an exponent is a float, any other an
@@ -840,10 +854,7 @@ func (a *httpAPI) listDevices(w http.ResponseWriter, r *http.Request) error {
 		ds = ds[:limit]
 		resp.NextCursor = ds[limit-1].ID.String()
 	}
-	resp.Devices = make([]deviceJSON, len(ds))
-	for i, d := range ds {
-		resp.Devices[i] = newDeviceJSON(d)
-	}
+	resp.Devices = jsonList(ds, newDeviceJSON)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
@@ -1175,13 +1186,7 @@ func (a *httpAPI) listCommands(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp := struct {
-		Commands []commandJSON `json:"commands"`
-	}{make([]commandJSON, len(cs))}
-	for i, c := range cs {
-		resp.Commands[i] = newCommandJSON(c)
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, map[string]any{"commands": jsonList(cs, newCommandJSON)})
 	return nil
 }
 
@@ -1216,13 +1221,7 @@ func (a *httpAPI) listIncidents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp := struct {
-		Incidents []incidentJSON `json:"incidents"`
-	}{make([]incidentJSON, len(is))}
-	for i, x := range is {
-		resp.Incidents[i] = incidentJSON{ID: x.ID, Time: x.Time, Kind: x.Kind, Detail: x.Detail}
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, map[string]any{"incidents": jsonList(is, newIncidentJSON)})
 	return nil
 }
 
@@ -1234,13 +1233,7 @@ func (a *httpAPI) listModels(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp := struct {
-		Models []modelJSON `json:"models"`
-	}{make([]modelJSON, len(ms))}
-	for i, m := range ms {
-		resp.Models[i] = modelJSON(m)
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, map[string]any{"models": jsonList(ms, func(m store.Model) modelJSON { return modelJSON(m) })})
 	return nil
 }
 
@@ -1286,13 +1279,7 @@ func (a *httpAPI) listManifests(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp := struct {
-		Manifests []manifestJSON `json:"manifests"`
-	}{make([]manifestJSON, len(ms))}
-	for i, m := range ms {
-		resp.Manifests[i] = newManifestJSON(m)
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, map[string]any{"manifests": jsonList(ms, newManifestJSON)})
 	return nil
 }
 

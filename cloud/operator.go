@@ -183,17 +183,17 @@ func newOperatorAuth(keys map[string]crypto.PublicKey, audience, issuer string, 
 	return a, nil
 }
 
-// errOperatorToken is why a token was refused; its text goes to the
+// tokenError is why a token was refused; its text goes to the
 // client, which sent the token and may know why.
-type errOperatorToken struct{ reason string }
+type tokenError struct{ reason string }
 
-func (e *errOperatorToken) Error() string { return "invalid operator token: " + e.reason }
+func (e *tokenError) Error() string { return "invalid operator token: " + e.reason }
 
 // verify checks a token and returns its claims. The kid header selects the
 // key, and the key's type the algorithm.
 func (a *operatorAuth) verify(token string) (*OperatorClaims, error) {
 	if len(token) > MaxOperatorToken {
-		return nil, &errOperatorToken{fmt.Sprintf("%d bytes, limit %d", len(token), MaxOperatorToken)}
+		return nil, &tokenError{fmt.Sprintf("%d bytes, limit %d", len(token), MaxOperatorToken)}
 	}
 	var claims operatorJWT
 	_, err := a.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
@@ -208,14 +208,14 @@ func (a *operatorAuth) verify(token string) (*OperatorClaims, error) {
 		return k.key, nil
 	})
 	if err != nil {
-		return nil, &errOperatorToken{err.Error()}
+		return nil, &tokenError{err.Error()}
 	}
 	if claims.Subject == "" {
-		return nil, &errOperatorToken{"no subject"}
+		return nil, &tokenError{"no subject"}
 	}
 	exp := claims.ExpiresAt.Time
 	if exp.Sub(a.now()) > maxOperatorLifetime {
-		return nil, &errOperatorToken{"expires more than a year ahead"}
+		return nil, &tokenError{"expires more than a year ahead"}
 	}
 	c := &OperatorClaims{
 		Issuer:   claims.Issuer,

@@ -552,7 +552,7 @@ func decode(r *http.Request, v any) error {
 		return errTooLarge(tooLarge.Limit)
 	}
 	if err != nil {
-		return err
+		return badRequest("reading the body: %v", err)
 	}
 	if !utf8.Valid(body) {
 		return badRequest("the body is not valid UTF-8")

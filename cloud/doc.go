@@ -20,4 +20,18 @@
 // [Node.SetStanding] closes the sessions such a device already has. A device
 // with a valid manufacturer chain that the registry does not know yet may
 // connect and enroll (zero-touch); every other resource waits until it has.
+//
+// # Operators
+//
+// The maker's staff and tools run the fleet through an HTTP JSON API
+// (docs/operator-api.md) that the node serves on every http:// or https://
+// URL given to [Node.Listen]: devices and their standing, product models
+// and signed manifests, claim codes, desired state, commands, incidents,
+// and the node's metrics in the Prometheus text format at /metrics. Each
+// request carries an operator token, a JWT signed by one of
+// Config.OperatorKeys ([SignOperatorToken] makes one), whose scope claim
+// must name the route's scope (ScopeDevicesRead, ...). The server bounds
+// header and body sizes and every phase of a request, limits failed
+// authentications per client address, and logs one line per request,
+// never a token or a claim code.
 package cloud

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sync"
 	"time"
 
@@ -71,6 +72,28 @@ type Config struct {
 	// The node sets its PSK, Authorize, Tokens, Certificate and
 	// DeviceRoots.
 	Transport transport.ServerConfig
+
+	// The operator API (operator.go, httpapi.go), served by Listen on
+	// http:// and https:// URLs.
+
+	// OperatorKeys are the public keys that sign operator tokens, by key
+	// ID (the token's kid header): ECDSA P-256 (ES256) or Ed25519
+	// (EdDSA). Nil means no operator can authenticate.
+	OperatorKeys map[string]crypto.PublicKey
+	// OperatorAudience is the aud an operator token must name; empty
+	// means DefaultOperatorAudience.
+	OperatorAudience string
+	// OperatorIssuer is the iss an operator token must name; empty means
+	// DefaultOperatorIssuer.
+	OperatorIssuer string
+	// PublicMetrics serves /metrics without a token. Set it only when
+	// the operator listener is unreachable from the internet (a private
+	// address that the scraper alone reaches): metrics tell the fleet's
+	// size and activity. By default /metrics needs a token with the
+	// metrics:read scope, which Prometheus sends as a bearer token.
+	PublicMetrics bool
+	// HTTP bounds the operator API's HTTP server.
+	HTTP HTTPConfig
 }
 
 // A Node is one cloud node. It is safe for concurrent use.
@@ -83,6 +106,8 @@ type Node struct {
 	srv      *transport.Server
 	keys     *Keys
 	cert     *tls.Certificate
+	metrics  *metrics
+	api      *httpAPI
 
 	closeOnce sync.Once
 	closeErr  error
@@ -124,6 +149,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.keys = keys
 
+	// Metrics and the operator API (metrics.go, httpapi.go).
+	n.metrics = newMetrics()
+	if n.api, err = newHTTPAPI(n); err != nil {
+		n.closeStore()
+		return nil, err
+	}
+
 	tcfg := cfg.Transport
 	tcfg.Authorize = n.authorize
 	tcfg.DeviceRoots = cfg.DeviceRoots
@@ -162,9 +194,15 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 }
 
 // Listen starts serving on address, a coap://, coaps://, coap+tcp:// or
-// coaps+tcp:// URL (port 0 picks a free one), and returns the URL it
-// listens on.
-func (n *Node) Listen(address string) (string, error) { return n.srv.Listen(address) }
+// coaps+tcp:// URL for devices, or an http:// or https:// URL for the
+// operator API and metrics (https with the node's Certificate); port 0
+// picks a free one. It returns the URL it listens on.
+func (n *Node) Listen(address string) (string, error) {
+	if u, err := url.Parse(address); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		return n.api.listen(u)
+	}
+	return n.srv.Listen(address)
+}
 
 // Certificate returns the server certificate the node presents over TLS
 // and certificate DTLS, its chain ending in its root: the configured one,
@@ -179,10 +217,14 @@ func (n *Node) Store() store.Store { return n.store }
 // and the maker's controller keys.
 func (n *Node) Keys() consent.Keys { return n.keys }
 
-// Close stops serving, waits for the handlers in progress, and closes the
-// store if the node opened it. It may be called more than once.
+// Close stops serving, waits for the handlers in progress (operator API
+// requests are cancelled), and closes the store if the node opened it. It
+// may be called more than once.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		if n.api != nil {
+			n.api.close()
+		}
 		if n.srv != nil {
 			n.closeErr = n.srv.Close()
 		}

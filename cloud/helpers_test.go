@@ -311,11 +311,16 @@ func (d *device) reading(t testing.TB, stream string, r policy.Reading) policy.R
 // power returns a batch of n readings of the air conditioner's power
 // stream, taken a minute apart up to the clock's now.
 func (f *fixture) power(d *device, seq uint64, n int) protocol.Batch {
+	return f.powerAt(d, seq, n, f.clock.now())
+}
+
+// powerAt returns a batch of n readings of the power stream, taken a
+// minute apart up to end.
+func (f *fixture) powerAt(d *device, seq uint64, n int, end time.Time) protocol.Batch {
 	f.t.Helper()
 	b := protocol.Batch{Manifest: f.manifests[aircon].hash, Stream: "power", Key: protocol.Key{Epoch: 0x5eed, Seq: seq}}
-	now := f.clock.now()
 	for i := range n {
-		at := now.Add(time.Duration(i-n) * time.Minute)
+		at := end.Add(time.Duration(i-n) * time.Minute)
 		b.Readings = append(b.Readings, d.reading(f.t, "power", policy.Reading{"ts": at, "watts": 1000 + 10.4*float64(i), "serial": "SN-0042"}))
 	}
 	return b

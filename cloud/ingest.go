@@ -146,7 +146,7 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 // otherModel says that a batch's manifest is not one of its device's
 // model.
 func otherModel(e *manifestEntry, dev store.Device) string {
-	return fmt.Sprintf("the batch's manifest %x... is for %q, the device is a %q", e.hash[:8], e.m.Product, dev.Model)
+	return fmt.Sprintf("the batch's manifest %x... is for %q, the device's model is %q", e.hash[:8], e.m.Product, dev.Model)
 }
 
 // A consentNeed is a purpose, and for a partner the recipient, that a

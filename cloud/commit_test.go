@@ -2,6 +2,7 @@ package cloud_test
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -92,4 +93,39 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatalf("transactions of %v batches: want %d batches in all, some together", groups, len(senders))
 	}
 	t.Logf("%d batches in %d transactions: %v", total, len(groups), groups)
+}
+
+// TestCloseLeavesNothing: once its clients and the node are closed, no
+// goroutine of the node is left, the group commit's included.
+func TestCloseLeavesNothing(t *testing.T) {
+	before := runtime.NumGoroutine()
+	st := stores["sqlite"](t)
+	f := newFixture(t, "sqlite", cloud.Config{Store: st})
+	f.give(powerGrant(f.clock.now().Add(-24 * time.Hour)))
+	var clients []*transport.Client
+	var wg sync.WaitGroup
+	for i := range 6 {
+		d := f.importDevice(aircon)
+		c := f.dial(d, []string{"coaps", "coap+tcp"}[i%2])
+		clients = append(clients, c)
+		wg.Go(func() {
+			if _, err := post(t, c, f.power(d, 1, 2)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, c := range clients {
+		must(t, c.Close())
+	}
+	must(t, f.node.Close())
+	must(t, st.Close())
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

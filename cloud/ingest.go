@@ -95,6 +95,10 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 	if lookupErr != nil {
 		return nil, lookupErr
 	}
+	if entry != nil && entry.m.Product != dev.Model {
+		return nil, d.refuse(ctx, dev.ID, IncidentManifest,
+			fmt.Sprintf("the batch's manifest %x... is for %q, the device's model is %q", entry.hash[:8], entry.m.Product, dev.Model))
+	}
 	var be *protocol.BatchError
 	switch {
 	case errors.As(err, &be) && be.Kind == protocol.ErrUnknownManifest:
@@ -102,15 +106,9 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 	case errors.As(err, &be) && be.Kind == protocol.ErrTooLarge:
 		return nil, transport.Errorf(transport.RequestEntityTooLarge, "%v", err)
 	case errors.As(err, &be) && be.Kind == protocol.ErrRefused:
-		if entry != nil && entry.m.Product != dev.Model {
-			return nil, d.refuse(ctx, dev.ID, IncidentManifest, otherModel(entry, dev))
-		}
 		return nil, d.refuse(ctx, dev.ID, IncidentManifest, err.Error())
 	case err != nil:
 		return nil, transport.Errorf(transport.BadRequest, "%v", err)
-	}
-	if entry.m.Product != dev.Model {
-		return nil, d.refuse(ctx, dev.ID, IncidentManifest, otherModel(entry, dev))
 	}
 	if err := entry.reg.Check(b.Policy()); err != nil {
 		var v *policy.Violation
@@ -141,12 +139,6 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 		return nil, err
 	}
 	return protocol.Ack{Key: b.Key, Stored: uint64(res.Stored), Duplicate: res.Duplicate}, nil
-}
-
-// otherModel says that a batch's manifest is not one of its device's
-// model.
-func otherModel(e *manifestEntry, dev store.Device) string {
-	return fmt.Sprintf("the batch's manifest %x... is for %q, the device's model is %q", e.hash[:8], e.m.Product, dev.Model)
 }
 
 // A consentNeed is a purpose, and for a partner the recipient, that a

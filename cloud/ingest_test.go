@@ -2,6 +2,7 @@ package cloud_test
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +174,13 @@ func TestTelemetryRefused(t *testing.T) {
 				{name: "oversize", dev: ac, body: make([]byte, protocol.MaxBatchBody+1), code: transport.RequestEntityTooLarge},
 				{name: "oversize over TCP", dev: vac, body: make([]byte, protocol.MaxBatchBody+1), code: transport.RequestEntityTooLarge},
 				{name: "other content-format", dev: ac, format: 50, body: []byte("{}"), code: transport.UnsupportedFormat},
+				{name: "sequence number out of range", dev: ac, body: encode(func() protocol.Batch {
+					b := f.power(ac, 2, 1)
+					b.Key.Seq = math.MaxUint64
+					return b
+				}()), code: transport.BadRequest},
+				{name: "time out of range", dev: vac, body: encode(protocol.Batch{Manifest: f.manifests[vacuum].hash, Stream: "pest-sighting", Key: protocol.Key{Epoch: 1, Seq: 1},
+					Readings: []policy.Reading{{"ts": time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC), "species": "ant"}}}), code: transport.BadRequest},
 				{name: "key reused", dev: ac, body: encode(reused), code: transport.BadRequest, diag: protocol.DiagnosticKeyReused},
 				{name: "SenML without its header", dev: ac, format: protocol.FormatSenMLCBOR, body: mustCBOR(t, []map[int]any{{0: "watts", 2: 1230.0}}), code: transport.BadRequest},
 			} {

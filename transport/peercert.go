@@ -16,7 +16,7 @@ import (
 // chain it presented in the DTLS or TLS handshake of the request's
 // session, which the server verified against ServerConfig.DeviceRoots.
 // It returns nil when the device authenticated otherwise (a pre-shared
-// key, a token), when the chain names another device than the one the
+// key, a token), when the chain names a device other than the one the
 // session now belongs to, and for a context that is not a handler's.
 //
 // A cloud that admits devices it does not know yet by their

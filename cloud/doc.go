@@ -21,6 +21,47 @@
 // with a valid manufacturer chain that the registry does not know yet may
 // connect and enroll (zero-touch); every other resource waits until it has.
 //
+// # Device resources
+//
+// POST /v1/enroll answers a device with whether it has an owner (and who),
+// the hash of its model's newest manifest and the cloud's time: 2.04 for a
+// device the registry knows, 2.01 for a zero-touch device, which it
+// registers then with the model it names and the key and chain it
+// authenticated with (transport.PeerCertificates). An unknown model is
+// 4.03, and so is every claim token, since the node issues none yet.
+//
+// GET /v1/manifest gives the newest manifest of the device's model as its
+// maker signed it; [Node.AddManifest] adds one, checked against the
+// maker's keys (Config.Controllers).
+//
+// POST /v1/telemetry takes a batch as CBOR or SenML-CBOR and, before it
+// stores anything, decodes it against the manifest it names (4.00
+// protocol.DiagnosticUnknownManifest for one the store does not hold),
+// checks that the manifest is one of the device's model's, runs the
+// manifest's check on every value, and decides for every reading whether
+// a consent record of the device's owner allowed it when it was taken.
+// A batch that fails a check is refused whole with 4.03 and recorded as
+// an incident ([IncidentManifest], [IncidentConsent]); a device with
+// Config.MaxIncidents incidents within Config.IncidentWindow is suspended
+// and its sessions closed. A batch that passes is stored once per
+// idempotency key, each reading with the manifest's hash and the consent
+// record that allowed it, and acknowledged only once it is durable.
+// Batches that arrive together share one transaction (group commit).
+//
+// # Consent and retention
+//
+// [Node.AddConsent] verifies a signed consent record, applies the rules
+// of consent.History (who may grant, withdraw and revoke) and keeps it in
+// the store. The node builds each owner's history from the records the
+// store holds, verified with [Node.Keys], and before each decision checks
+// it against the store, so that a record added through any node counts at
+// once on every node.
+//
+// [Node.Sweep] deletes the readings that their manifest's retention, or
+// the shorter retention of the consent that allowed them, no longer lets
+// the cloud keep. The node does not sweep by itself: its owner calls
+// Sweep now and then.
+//
 // # Operators
 //
 // The maker's staff and tools run the fleet through an HTTP JSON API

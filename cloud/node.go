@@ -244,7 +244,7 @@ func (n *Node) closeStore() error {
 
 // resources lists the v1 resources the node serves.
 func (n *Node) resources() []transport.Resource {
-	return nil
+	return n.deviceResources()
 }
 
 // authorize is the transport's Authorize hook: every way in asks the

@@ -208,6 +208,7 @@ type Store interface {
 	States
 	Commands
 	Claims
+	ConsentRecords
 	// Close releases the store. It is safe to call more than once.
 	Close() error
 }

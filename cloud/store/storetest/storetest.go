@@ -41,6 +41,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Devices", testDevices},
 		{"DevicePages", testDevicePages},
 		{"AppKeys", testAppKeys},
+		{"ConsentRecords", testConsentRecords},
+		{"ConsentRetention", testConsentRetention},
 		{"Ingest", testIngest},
 		{"IngestInvalid", testIngestInvalid},
 		{"AllOrNothing", testAllOrNothing},

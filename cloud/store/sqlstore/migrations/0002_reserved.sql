@@ -1,0 +1,3 @@
+-- Schema version 2 is taken by a change made alongside version 3 on
+-- another branch; this empty step holds its number until that change
+-- is merged, and is deleted then.

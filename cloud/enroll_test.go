@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/sensible-iot/sensible/cloud"
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/consent"
@@ -230,6 +232,26 @@ func TestManifest(t *testing.T) {
 	must(t, err)
 	if _, err := f.node.AddManifest(ctx, forged); !errors.Is(err, consent.ErrBadSignature) {
 		t.Fatalf("a manifest signed by another key: %v", err)
+	}
+
+	// The answer's ETag is the first 8 bytes of the manifest's hash; a
+	// device that names it is told 2.03 Valid, without the manifest.
+	co := f.rawConn(ctx, d, "coap+tcp")
+	resp, err := co.Get(ctx, protocol.ManifestPath)
+	must(t, err)
+	etag, err := resp.Options().GetBytes(message.ETag)
+	if resp.Code() != codes.Content || err != nil || !bytes.Equal(etag, h2[:8]) {
+		t.Fatalf("GET /v1/manifest: %v, ETag %x (%v), want 2.05 and %x", resp.Code(), etag, err, h2[:8])
+	}
+	resp, err = co.Get(ctx, protocol.ManifestPath, message.Option{ID: message.ETag, Value: etag})
+	must(t, err)
+	if body, _ := resp.ReadBody(); resp.Code() != codes.Valid || len(body) != 0 {
+		t.Fatalf("GET /v1/manifest with its ETag: %v and %d bytes, want 2.03 and none", resp.Code(), len(body))
+	}
+	resp, err = co.Get(ctx, protocol.ManifestPath, message.Option{ID: message.ETag, Value: h[:8]})
+	must(t, err)
+	if resp.Code() != codes.Content {
+		t.Fatalf("GET /v1/manifest with the old manifest's ETag: %v, want 2.05", resp.Code())
 	}
 
 	n := f.importDevice(nothing)

@@ -18,6 +18,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/options"
 	coaptcp "github.com/plgd-dev/go-coap/v3/tcp"
+	coaptcpclient "github.com/plgd-dev/go-coap/v3/tcp/client"
 
 	"github.com/sensible-iot/sensible/cloud"
 	"github.com/sensible-iot/sensible/cloud/store"
@@ -416,11 +417,10 @@ func (f *fixture) incidents(d *device) []store.Incident {
 	return is
 }
 
-// rawPost sends one request over coap+tcp:// or coaps+tcp:// with
-// go-coap itself, for what the transport's client does not do: read a
-// success code, send Uri-Query options. Over coap+tcp:// it first posts
-// a token of d.
-func (f *fixture) rawPost(d *device, scheme, path string, format transport.Format, query []string, body []byte) (transport.Code, []byte) {
+// rawConn connects over coap+tcp:// or coaps+tcp:// with go-coap itself,
+// for what the transport's client does not do: read a success code, send
+// Uri-Query or ETag options. Over coap+tcp:// it first posts a token of d.
+func (f *fixture) rawConn(ctx context.Context, d *device, scheme string) *coaptcpclient.Conn {
 	f.t.Helper()
 	u, err := url.Parse(f.urls[scheme])
 	must(f.t, err)
@@ -430,9 +430,7 @@ func (f *fixture) rawPost(d *device, scheme, path string, format transport.Forma
 	}
 	co, err := coaptcp.Dial(u.Host, opts...)
 	must(f.t, err)
-	defer co.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	f.t.Cleanup(func() { co.Close() })
 	if scheme == "coap+tcp" {
 		token, err := identity.SignToken(d.key, identity.TokenParams{Audience: cloud.DefaultTokenAudience, IssuedAt: f.clock.now()})
 		must(f.t, err)
@@ -444,6 +442,15 @@ func (f *fixture) rawPost(d *device, scheme, path string, format transport.Forma
 			f.t.Fatalf("token refused: %v", resp.Code())
 		}
 	}
+	return co
+}
+
+// rawPost sends one request with rawConn.
+func (f *fixture) rawPost(d *device, scheme, path string, format transport.Format, query []string, body []byte) (transport.Code, []byte) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	co := f.rawConn(ctx, d, scheme)
 	var qs []message.Option
 	for _, q := range query {
 		qs = append(qs, message.Option{ID: message.URIQuery, Value: []byte(q)})

@@ -103,6 +103,11 @@ type Handler func(ctx context.Context, r *Request) (any, error)
 type Response struct {
 	Code Code
 	Body any // encoded as CBOR; nil for no body
+	// ETag, when set (1 to 8 bytes), goes with the answer as its ETag
+	// option (RFC 7252 section 5.10.6). A GET naming it in one of its own
+	// ETag options is answered 2.03 Valid without the
+	// body: the client's copy is current.
+	ETag []byte
 }
 
 // Typed adapts a function of Go values to a Handler: the request body is

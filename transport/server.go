@@ -953,21 +953,38 @@ func (s *Server) dispatch(conn mux.Conn, r *mux.Message) reply {
 		return errorReply(Errorf(InternalServerError, "internal error"))
 	}
 	code := defaultCode(method)
+	var opts []message.Option
 	if resp, ok := out.(*Response); ok {
 		if resp.Code.IsSuccess() {
 			code = resp.Code
 		}
 		out = resp.Body
+		if n := len(resp.ETag); n > 0 && n <= 8 {
+			opts = []message.Option{{ID: message.ETag, Value: resp.ETag}}
+			if method == GET && hasETag(r, resp.ETag) {
+				return reply{code: Valid, opts: opts}
+			}
+		}
 	}
 	if out == nil {
-		return reply{code: code}
+		return reply{code: code, opts: opts}
 	}
 	b, err := codec.Marshal(out)
 	if err != nil {
 		s.log.Error("transport: encoding response", "path", path, "err", err)
 		return errorReply(Errorf(InternalServerError, "internal error"))
 	}
-	return reply{code: code, format: CBOR, body: b}
+	return reply{code: code, format: CBOR, body: b, opts: opts}
+}
+
+// hasETag reports whether a request names etag in one of its ETag options.
+func hasETag(r *mux.Message, etag []byte) bool {
+	for _, o := range r.Options() {
+		if o.ID == message.ETag && bytes.Equal(o.Value, etag) {
+			return true
+		}
+	}
+	return false
 }
 
 // authHandler verifies a device token and binds its device to the session.

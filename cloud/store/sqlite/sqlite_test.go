@@ -16,12 +16,15 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := sqlite.Open(t.Context(), t.TempDir(), sqlite.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, t.TempDir()) })
+}
+
+// TestNodes runs the tests of several nodes on one database file: here,
+// several stores in one process.
+func TestNodes(t *testing.T) {
+	storetest.RunNodes(t, func(t *testing.T) func(t *testing.T) store.Store {
+		dir := t.TempDir()
+		return func(t *testing.T) store.Store { return open(t, dir) }
 	})
 }
 

@@ -34,6 +34,8 @@ const (
 	// long that check may take.
 	pingEvery   = 30 * time.Second
 	pingTimeout = 10 * time.Second
+	// connectTimeout bounds connecting and starting to listen.
+	connectTimeout = 30 * time.Second
 	// closeTimeout bounds saying goodbye to the server.
 	closeTimeout = time.Second
 )
@@ -187,7 +189,9 @@ func (n *notifier) run(ctx context.Context) {
 // notification to the local notifier until the connection fails or ctx
 // is done. It returns why it stopped.
 func (n *notifier) listen(ctx context.Context, listening func()) error {
-	conn, err := pgx.ConnectConfig(ctx, n.cc)
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, n.cc)
 	if err != nil {
 		return err
 	}
@@ -196,7 +200,7 @@ func (n *notifier) listen(ctx context.Context, listening func()) error {
 		defer cancel()
 		conn.Close(ctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+	if _, err := conn.Exec(cctx, "LISTEN "+channel); err != nil {
 		return err
 	}
 	listening()

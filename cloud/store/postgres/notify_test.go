@@ -1,10 +1,17 @@
 package postgres_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/cloud/store/storetest"
@@ -110,4 +117,60 @@ func TestListenerReconnect(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestListenerDown keeps the listener from connecting: Listen gives up
+// with its context and says why, and once the database takes
+// connections again the listener is back and its subscriptions resync.
+func TestListenerDown(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	a := open(t, url)
+	// A database's connections are allowed and refused from another.
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := cc.Database
+	cc.Database = "postgres"
+	admin := stdlib.OpenDB(*cc)
+	t.Cleanup(func() { admin.Close() })
+	allow := func(yes bool) {
+		t.Helper()
+		q := fmt.Sprintf("ALTER DATABASE %s ALLOW_CONNECTIONS %v", pgx.Identifier{name}.Sanitize(), yes)
+		if _, err := admin.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allow(false)
+	t.Cleanup(func() { allow(true) })
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_, err = a.Notifier().Listen(short, "t")
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not currently accepting connections") {
+		t.Fatalf("Listen while the database refuses connections: %v", err)
+	}
+	allow(true)
+	sub, err := a.Notifier().Listen(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	// Killed while the database refuses connections, the listener tries
+	// again, waiting longer each time, until it is let in.
+	allow(false)
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = $1 AND query LIKE 'LISTEN %'`, name); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	allow(true)
+	if nt := storetest.Next(t, sub); !nt.Resync {
+		t.Fatalf("got %+v once the listener was back, want a resync", nt)
+	}
+	if err := a.Notifier().Notify(ctx, "t", []byte("back")); err != nil {
+		t.Fatal(err)
+	}
+	storetest.Expect(t, sub, "t", "back")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/sensible-iot/sensible/cloud/store/sqlite"
 	"github.com/sensible-iot/sensible/cloud/store/sqlstore"
 	"github.com/sensible-iot/sensible/cloud/store/storetest"
+	"github.com/sensible-iot/sensible/consent"
 )
 
 func TestConformance(t *testing.T) {
@@ -79,6 +80,11 @@ func TestReopen(t *testing.T) {
 	if err := s.AddModel(ctx, store.Model{ID: "m", Name: "it's kept"}); err != nil {
 		t.Fatal(err)
 	}
+	entry := []byte("a consent record")
+	leaf := consent.LeafHash(entry)
+	if err := s.ConsentLog().Append(ctx, 0, []consent.LogEntry{{Data: entry, Leaf: leaf}}, []consent.Hash{leaf}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +92,9 @@ func TestReopen(t *testing.T) {
 	m, err := s.Model(ctx, "m")
 	if err != nil || m.Name != "it's kept" {
 		t.Fatalf("after reopening: %+v, %v", m, err)
+	}
+	if n, ok, err := s.ConsentLog().Find(ctx, leaf); !ok || n != 0 || err != nil {
+		t.Fatalf("the consent log's entry after reopening: %d, %v, %v", n, ok, err)
 	}
 	var versions int
 	if err := s.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM schema_version").Scan(&versions); err != nil {

@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+
+	"github.com/sensible-iot/sensible/device/identity"
 )
 
 // Errors an implementation returns, each matched with errors.Is. An error
@@ -28,6 +30,9 @@ var (
 	// missing time, an empty name, a text with a NUL byte or invalid
 	// UTF-8, an unknown standing or state.
 	ErrInvalid = errors.New("store: invalid argument")
+	// ErrClosed means the Notifier or Subscription was closed, or the
+	// store that owns it.
+	ErrClosed = errors.New("store: closed")
 )
 
 // A StaleError says that a version named by the caller is not the current
@@ -67,3 +72,23 @@ func (e *TooLargeError) Error() string {
 
 // Is reports whether target is ErrTooLarge.
 func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }
+
+// A TokenLimitError says that a replay cache refused a device's token
+// because it remembers as many unexpired tokens of the device as it keeps
+// for one device (ReplayConfig.MaxLiveTokens). It matches
+// identity.ErrReplayCacheFull, which is how a TokenVerifier's caller
+// knows a full replay cache.
+type TokenLimitError struct {
+	// Device is the device whose token was refused.
+	Device identity.ID
+	// Limit is the most unexpired tokens kept for one device.
+	Limit int
+}
+
+// Error says which device has too many tokens.
+func (e *TokenLimitError) Error() string {
+	return fmt.Sprintf("store: device %s has %d unexpired tokens remembered, the most kept for one device", e.Device, e.Limit)
+}
+
+// Is reports whether target is identity.ErrReplayCacheFull.
+func (e *TokenLimitError) Is(target error) bool { return target == identity.ErrReplayCacheFull }

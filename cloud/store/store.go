@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/protocol"
 )
@@ -17,6 +18,9 @@ const (
 	// MaxList is the most items one List call returns; a limit of 0, or
 	// one above MaxList, means MaxList.
 	MaxList = 1000
+	// DefaultMaxLiveTokens is ReplayConfig.MaxLiveTokens when that is
+	// zero.
+	DefaultMaxLiveTokens = 1024
 )
 
 // Models keeps the product models.
@@ -193,6 +197,33 @@ type Claims interface {
 	RecordClaimAttempt(ctx context.Context, a ClaimAttempt) (AttemptCounts, error)
 }
 
+// Consent keeps the consent log.
+type Consent interface {
+	// ConsentLog returns the store of the consent log, for
+	// consent.OpenLog: entries, tree hashes and the index of every leaf
+	// hash. The ConsentLogs of every node that shares the database are
+	// one log. Append commits before it returns.
+	ConsentLog() consent.LogStore
+}
+
+// Replays remembers the device tokens that the cloud's verifiers
+// accepted, so that a token accepted by one node is refused by every
+// other: each node's identity.TokenVerifier gets a ReplayCache of the
+// shared store.
+type Replays interface {
+	// ReplayCache returns a replay cache kept in the store, configured by
+	// cfg. Seen is one transaction: of any number of concurrent calls for
+	// one token, on any node, exactly one reports it new. A device with
+	// cfg.MaxLiveTokens unexpired tokens remembered has its new tokens
+	// refused with a *TokenLimitError. At most once a minute, Seen first
+	// deletes every remembered token that has expired, as PurgeReplays
+	// does.
+	ReplayCache(cfg ReplayConfig) identity.ReplayCache
+	// PurgeReplays deletes every remembered token whose until is at or
+	// before now, and returns how many it deleted.
+	PurgeReplays(ctx context.Context, now time.Time) (int64, error)
+}
+
 // A Store is everything the cloud keeps. Implementations are safe for
 // concurrent use, and every one passes the conformance suite in
 // cloud/store/storetest. Code that uses a store should ask for the small
@@ -209,6 +240,12 @@ type Store interface {
 	Commands
 	Claims
 	ConsentRecords
+	Consent
+	Replays
+	// Notifier returns the notifier that carries change notifications
+	// between the nodes that share the store's database. The store
+	// closes it when it closes.
+	Notifier() Notifier
 	// Close releases the store. It is safe to call more than once.
 	Close() error
 }

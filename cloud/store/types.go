@@ -384,3 +384,19 @@ type AttemptCounts struct {
 	// Claimant counts the claimant's attempts, on any device.
 	Claimant int64
 }
+
+// ReplayConfig configures a replay cache (Replays.ReplayCache). The zero
+// value is ready to use.
+type ReplayConfig struct {
+	// MaxLiveTokens caps how many unexpired tokens of one device the
+	// cache remembers; zero means DefaultMaxLiveTokens. Past it the
+	// device's new tokens are refused with a *TokenLimitError, so that
+	// one device cannot grow the cache without bound, while other
+	// devices are not affected. Nodes that accept one device's tokens at
+	// the same moment may together remember a few more.
+	MaxLiveTokens int
+	// Now returns the current time, against which remembered tokens
+	// expire; nil means time.Now. It is the one clock a store reads:
+	// identity.ReplayCache.Seen is not given the time.
+	Now func() time.Time
+}

@@ -7,12 +7,29 @@
 // advisory lock, while the others wait and then find it done.
 // Transactions run at READ COMMITTED and lock the rows they read before
 // writing; one that deadlocks or fails to serialize is run again.
+//
+// # Notifications
+//
+// The store's Notifier sends with pg_notify on one channel,
+// "sensible_store", that carries every topic: a notification is its
+// topic, a space, and its payload in base64, well within NOTIFY's limit
+// of 8,000 bytes. The first Listen on a node starts its listener, a
+// goroutine with a connection of its own (beyond Config.MaxConns) that
+// LISTENs on the channel and delivers what arrives to the node's
+// subscriptions; Listen returns once it listens. Every 30 seconds
+// without a notification the listener checks its connection. When the
+// connection fails, the listener connects again, waiting from 50
+// milliseconds up to 10 seconds, doubling with each failure in a row,
+// and once it listens again it has every subscription resync, since
+// notifications sent in between are lost. Its failures go to
+// Config.Logger. Closing the store stops the listener and waits for it.
 package postgres
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -29,8 +46,12 @@ const schemaLock = 0x73656e7369626c65
 // Config configures a store. The zero value is ready to use.
 type Config struct {
 	// MaxConns bounds the node's open connections; zero means no bound
-	// but the server's.
+	// but the server's. The notifier's listener, once started, has one
+	// connection more.
 	MaxConns int
+	// Logger receives the failures of the notifier's listener, which
+	// happen apart from any call; nil discards them.
+	Logger *slog.Logger
 }
 
 // Open opens the store in the database that url names, a PostgreSQL
@@ -45,6 +66,7 @@ func Open(ctx context.Context, url string, cfg Config) (*sqlstore.Store, error) 
 	db := stdlib.OpenDB(*cc)
 	db.SetMaxOpenConns(cfg.MaxConns)
 	return sqlstore.Open(ctx, db, sqlstore.Dialect{
+		Notifier:              newNotifier(db, cc.Copy(), cfg.Logger),
 		Name:                  "postgres",
 		Bytes:                 "BYTEA",
 		Serial:                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",

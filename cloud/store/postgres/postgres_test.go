@@ -15,13 +15,26 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := postgres.Open(t.Context(), pgtest.NewDatabase(t), postgres.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, pgtest.NewDatabase(t)) })
+}
+
+// TestNodes runs the tests of several nodes on one database.
+func TestNodes(t *testing.T) {
+	storetest.RunNodes(t, func(t *testing.T) func(t *testing.T) store.Store {
+		url := pgtest.NewDatabase(t)
+		return func(t *testing.T) store.Store { return open(t, url) }
 	})
+}
+
+// open opens a node on the database at url, closed when t ends.
+func open(t *testing.T, url string) *sqlstore.Store {
+	t.Helper()
+	s, err := postgres.Open(t.Context(), url, postgres.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 // TestNodesMigrateTogether opens one empty database from several nodes at

@@ -17,12 +17,16 @@
 // writer waits for the lock up to Config.BusyTimeout. Readers never wait
 // for writers. Foreign keys are enforced.
 //
+// The store's Notifier is a store.LocalNotifier: notifications reach the
+// subscriptions of the same store, in memory.
+//
 // # Caveats
 //
 // One process only: SQLite's locks work between processes on one
 // machine, but the cloud's nodes share their state through a database
 // server (cloud/store/postgres). Keep the directory on a local disk, not
-// a network file system, where WAL does not work.
+// a network file system, where WAL does not work. Two stores opened on
+// one directory share what is kept, but not notifications: open one.
 package sqlite
 
 import (

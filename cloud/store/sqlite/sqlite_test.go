@@ -13,15 +13,19 @@ import (
 	"github.com/sensible-iot/sensible/cloud/store/sqlite"
 	"github.com/sensible-iot/sensible/cloud/store/sqlstore"
 	"github.com/sensible-iot/sensible/cloud/store/storetest"
+	"github.com/sensible-iot/sensible/consent"
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := sqlite.Open(t.Context(), t.TempDir(), sqlite.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, t.TempDir()) })
+}
+
+// TestNodes runs the tests of several nodes on one database file: here,
+// several stores in one process.
+func TestNodes(t *testing.T) {
+	storetest.RunNodes(t, func(t *testing.T) func(t *testing.T) store.Store {
+		dir := t.TempDir()
+		return func(t *testing.T) store.Store { return open(t, dir) }
 	})
 }
 
@@ -76,6 +80,11 @@ func TestReopen(t *testing.T) {
 	if err := s.AddModel(ctx, store.Model{ID: "m", Name: "it's kept"}); err != nil {
 		t.Fatal(err)
 	}
+	entry := []byte("a consent record")
+	leaf := consent.LeafHash(entry)
+	if err := s.ConsentLog().Append(ctx, 0, []consent.LogEntry{{Data: entry, Leaf: leaf}}, []consent.Hash{leaf}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +92,9 @@ func TestReopen(t *testing.T) {
 	m, err := s.Model(ctx, "m")
 	if err != nil || m.Name != "it's kept" {
 		t.Fatalf("after reopening: %+v, %v", m, err)
+	}
+	if n, ok, err := s.ConsentLog().Find(ctx, leaf); !ok || n != 0 || err != nil {
+		t.Fatalf("the consent log's entry after reopening: %d, %v, %v", n, ok, err)
 	}
 	var versions int
 	if err := s.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM schema_version").Scan(&versions); err != nil {

@@ -13,6 +13,11 @@
 // open one PostgreSQL database at once take an advisory lock first
 // (Dialect.LockSchema), so one migrates and the others find it done.
 //
+// The consent log is two tables: consent_entries (index, unique leaf
+// hash, data) and consent_hashes (index, hash). The replay cache is one,
+// replays, keyed by device and token ID, with the time each token may be
+// forgotten.
+//
 // Times are int64 Unix nanoseconds, so that both databases keep them
 // exactly; IDs, hashes and documents are byte strings; NULL stands for
 // "none" (no expiry, no consent record, not delivered).
@@ -27,4 +32,18 @@
 // the others. A transaction that fails with an error the dialect calls
 // retryable (a deadlock, a serialization failure) is run again, up to
 // five times.
+//
+// Inserts that must not overwrite do nothing on a conflict, and the
+// number of rows they changed says what happened: the consent log's
+// Append and the replay cache's Seen learn that way, in both databases,
+// that another writer got there first, without relying on how each
+// database reports a violated key. In PostgreSQL such an insert waits
+// for a concurrent transaction that holds the key, so of two nodes that
+// race, one inserts and the other finds the row.
+//
+// # Notifications
+//
+// The store's Notifier is the dialect's (PostgreSQL's LISTEN and NOTIFY),
+// or else a store.LocalNotifier of the store's own. Close closes it
+// before the database.
 package sqlstore

@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,13 +39,25 @@ type Dialect struct {
 	// succeed when run again: a deadlock, a serialization failure. Nil
 	// means never.
 	IsRetryable func(err error) bool
+	// Notifier carries change notifications between the nodes that share
+	// the database; the store closes it when it closes. Nil means the
+	// nodes are one process, and the store's notifier is a
+	// store.LocalNotifier of its own.
+	Notifier interface {
+		store.Notifier
+		io.Closer
+	}
 }
 
 // A Store is a store.Store over a SQL database. Its methods are safe for
 // concurrent use.
 type Store struct {
-	db        *sql.DB
-	d         Dialect
+	db       *sql.DB
+	d        Dialect
+	notifier interface {
+		store.Notifier
+		io.Closer
+	}
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -54,27 +69,35 @@ var _ store.Store = (*Store)(nil)
 const maxTries = 5
 
 // Open returns a store over db, first bringing db's schema up to date
-// (see the package documentation). The store owns db: Close closes it,
-// and so does Open when it fails.
+// (see the package documentation). The store owns db and d.Notifier:
+// Close closes them, and so does Open when it fails.
 func Open(ctx context.Context, db *sql.DB, d Dialect) (*Store, error) {
+	s := &Store{db: db, d: d, notifier: d.Notifier}
+	if s.notifier == nil {
+		s.notifier = new(store.LocalNotifier)
+	}
 	if d.Bytes == "" || d.Serial == "" || d.IsForeignKeyViolation == nil {
-		db.Close()
+		s.Close()
 		return nil, errors.New("sqlstore: incomplete dialect")
 	}
-	s := &Store{db: db, d: d}
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// Close closes the database. It is safe to call more than once; later
-// calls return what the first returned.
+// Close closes the notifier, ending its subscriptions, and then the
+// database. It is safe to call more than once; later calls return what
+// the first returned.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() { s.closeErr = errors.Join(s.notifier.Close(), s.db.Close()) })
 	return s.closeErr
 }
+
+// Notifier returns the store's notifier: the dialect's, or a
+// store.LocalNotifier when the dialect has none.
+func (s *Store) Notifier() store.Notifier { return s.notifier }
 
 // DB returns the database, for tools and tests that look at it directly.
 // Writing through it bypasses every check the store makes.
@@ -272,4 +295,52 @@ func collect[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, erro
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// maxBatch bounds the rows one statement inserts, or looks up by key,
+// keeping its parameters far below either database's limit.
+const maxBatch = 256
+
+// insertNew inserts rows into a table (into names it and its columns,
+// e.g. "t (a, b)") with INSERTs of up to maxBatch rows that skip a row
+// whose key is taken, and returns how many rows it inserted.
+func insertNew(ctx context.Context, tx *sql.Tx, into string, rows [][]any) (int64, error) {
+	var total int64
+	for chunk := range slices.Chunk(rows, maxBatch) {
+		var q strings.Builder
+		q.WriteString("INSERT INTO " + into + " VALUES ")
+		var args []any
+		for i, r := range chunk {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString(placeholders(len(args)+1, len(r)))
+			args = append(args, r...)
+		}
+		q.WriteString(" ON CONFLICT DO NOTHING")
+		res, err := tx.ExecContext(ctx, q.String(), args...)
+		if err != nil {
+			return total, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// placeholders returns a parenthesized list of n parameters numbered
+// from first: "($1, $2, $3)".
+func placeholders(first, n int) string {
+	b := []byte{'('}
+	for i := range n {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '$')
+		b = strconv.AppendInt(b, int64(first+i), 10)
+	}
+	return string(append(b, ')'))
 }

@@ -11,6 +11,11 @@
 //			return s
 //		})
 //	}
+//
+// Run includes the consent log's suite (consent/logtest) on the store's
+// ConsentLog. RunNodes runs the tests of two nodes sharing one database:
+// two consent Logs appending at once, and two token verifiers sharing
+// the replay cache.
 package storetest
 
 import (
@@ -24,12 +29,15 @@ import (
 
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/consent/logtest"
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/protocol"
 )
 
-// Run runs the suite. open must return a new, empty store for each call;
-// Run closes it when the test that opened it ends.
+// Run runs the suite, the consent log's (consent/logtest) included. open
+// must return a new, empty store for each call; Run closes it when the
+// test that opened it ends. RunNodes has the tests of several nodes
+// sharing one database.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	tests := []struct {
 		name string
@@ -62,6 +70,12 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentClaimAttempts", testConcurrentClaimAttempts},
 		{"Text", testText},
 		{"BadText", testBadText},
+		{"Replays", testReplays},
+		{"PurgeReplays", testPurgeReplays},
+		{"ConcurrentReplays", testConcurrentReplays},
+		{"Notify", testNotify},
+		{"SlowSubscriber", testSlowSubscriber},
+		{"NotifierClose", testNotifierClose},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,6 +88,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			tc.fn(t, s)
 		})
 	}
+	t.Run("ConsentLog", func(t *testing.T) {
+		logtest.Run(t, func(t *testing.T) consent.LogStore {
+			s := open(t)
+			t.Cleanup(func() { s.Close() })
+			return s.ConsentLog()
+		})
+	})
 }
 
 // t0 is the suite's clock: every time is t0 plus something.

@@ -1,3 +1,0 @@
--- Schema version 2 is taken by a change made alongside version 3 on
--- another branch; this empty step holds its number until that change
--- is merged, and is deleted then.

@@ -41,8 +41,9 @@ func (n *Node) ImportDevice(ctx context.Context, d ImportedDevice) (identity.ID,
 }
 
 // SetStanding suspends, reactivates or decommissions a device, and closes
-// every session it has on this node at once, so that it is refused from
-// its next request on.
+// every session it has at once, on this node and, through the store's
+// notifier, on every node sharing the store, so that it is refused from its
+// next request on.
 func (n *Node) SetStanding(ctx context.Context, id identity.ID, s store.Standing, reason string) error {
 	if err := n.store.SetStanding(ctx, id, s, reason, n.now()); err != nil {
 		return err
@@ -50,6 +51,7 @@ func (n *Node) SetStanding(ctx context.Context, id identity.ID, s store.Standing
 	if s != store.Active {
 		n.srv.Revoke(id)
 		n.log.Info("device refused", "device", id, "standing", s, "reason", reason)
+		n.announceStanding(ctx, id)
 	}
 	return nil
 }

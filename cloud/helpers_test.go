@@ -426,12 +426,16 @@ func (f *fixture) rawConn(ctx context.Context, d *device, scheme string) *coaptc
 	must(f.t, err)
 	var opts []coaptcp.Option
 	if scheme == "coaps+tcp" {
-		opts = append(opts, options.WithTLS(&tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{*d.cert}}))
+		cfg := &tls.Config{RootCAs: f.serverRoots}
+		if d != nil {
+			cfg.Certificates = []tls.Certificate{*d.cert}
+		}
+		opts = append(opts, options.WithTLS(cfg))
 	}
 	co, err := coaptcp.Dial(u.Host, opts...)
 	must(f.t, err)
 	f.t.Cleanup(func() { co.Close() })
-	if scheme == "coap+tcp" {
+	if d != nil && scheme == "coap+tcp" {
 		token, err := identity.SignToken(d.key, identity.TokenParams{Audience: cloud.DefaultTokenAudience, IssuedAt: f.clock.now()})
 		must(f.t, err)
 		tb, err := codec.Marshal(token)
@@ -443,6 +447,11 @@ func (f *fixture) rawConn(ctx context.Context, d *device, scheme string) *coaptc
 		}
 	}
 	return co
+}
+
+// rawConnNoAuth is rawConn without a device: nothing is posted first.
+func (f *fixture) rawConnNoAuth(ctx context.Context, scheme string) *coaptcpclient.Conn {
+	return f.rawConn(ctx, nil, scheme)
 }
 
 // rawPost sends one request with rawConn.

@@ -28,6 +28,8 @@ const (
 	DefaultMaxIncidents = 10
 	// DefaultIncidentWindow is the window incidents are counted in.
 	DefaultIncidentWindow = 24 * time.Hour
+	// DefaultSweepInterval is how often a node sweeps (Config.SweepInterval).
+	DefaultSweepInterval = time.Minute
 )
 
 // Config configures a Node. The zero value with Dir set is a working
@@ -94,6 +96,10 @@ type Config struct {
 	PublicMetrics bool
 	// HTTP bounds the operator API's HTTP server.
 	HTTP HTTPConfig
+	// SweepInterval is how often the node deletes readings past their
+	// retention, expired replay-cache entries and overdue commands; zero
+	// means DefaultSweepInterval, negative never (call Sweep yourself).
+	SweepInterval time.Duration
 }
 
 // A Node is one cloud node. It is safe for concurrent use.
@@ -108,6 +114,9 @@ type Node struct {
 	cert     *tls.Certificate
 	metrics  *metrics
 	api      *httpAPI
+
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -177,6 +186,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		Audience: n.cfg.TokenAudience,
 		Keys:     n.deviceKey,
 		Now:      n.now,
+		// In the store, so that a token accepted by one node is refused
+		// by every other.
+		Replay: n.store.ReplayCache(store.ReplayConfig{Now: n.now}),
 	})
 	if err != nil {
 		n.closeStore()
@@ -189,6 +201,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+	}
+	if err := n.startBackground(ctx); err != nil {
+		n.Close()
+		return nil, err
 	}
 	return n, nil
 }
@@ -222,6 +238,10 @@ func (n *Node) Keys() consent.Keys { return n.keys }
 // may be called more than once.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		if n.bgCancel != nil {
+			n.bgCancel()
+			n.bg.Wait()
+		}
 		if n.api != nil {
 			n.api.close()
 		}

@@ -1,0 +1,105 @@
+package cloud_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+
+	"github.com/sensible-iot/sensible/cloud"
+	"github.com/sensible-iot/sensible/cloud/store"
+	"github.com/sensible-iot/sensible/cloud/store/postgres"
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/internal/codec"
+	"github.com/sensible-iot/sensible/internal/pgtest"
+	"github.com/sensible-iot/sensible/protocol"
+)
+
+// twoNodes starts two nodes on one PostgreSQL database, each with its own
+// store (its own connections and change listener), as two machines
+// behind a load balancer have them.
+func twoNodes(t *testing.T) (a, b *fixture) {
+	t.Helper()
+	url := pgtest.NewDatabase(t)
+	open := func() store.Store {
+		st, err := postgres.Open(context.Background(), url, postgres.Config{})
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	a = newFixture(t, "postgres", cloud.Config{Store: open()})
+	g := *a
+	g.st = open()
+	g.start(cloud.Config{})
+	return a, &g
+}
+
+// TestTwoNodes: two nodes on one PostgreSQL act as one cloud. The same
+// batch sent to both is stored once; a token accepted by one is refused
+// by the other; a device suspended through one loses its session on the
+// other at once.
+func TestTwoNodes(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoNodes(t)
+	d := a.importDevice(aircon)
+	a.give(powerGrant(a.clock.now().Add(-24 * time.Hour)))
+
+	// The same batch to both nodes: stored once.
+	batch := a.power(d, 1, 5)
+	ackA, err := post(t, a.dial(d, "coaps"), batch)
+	must(t, err)
+	ackB, err := post(t, b.dial(d, "coaps"), batch)
+	must(t, err)
+	if ackA.Duplicate || !ackB.Duplicate || ackA.Stored != 5 || ackB.Stored != 5 {
+		t.Fatalf("acks %+v and %+v, want the second a duplicate of the first", ackA, ackB)
+	}
+	if got := len(a.readings(d, "power")); got != 5 {
+		t.Fatalf("%d readings stored, want 5", got)
+	}
+
+	// One token, presented to both nodes: the second refuses it.
+	token, err := identity.SignToken(d.key, identity.TokenParams{Audience: cloud.DefaultTokenAudience, IssuedAt: a.clock.now()})
+	must(t, err)
+	body, err := codec.Marshal(token)
+	must(t, err)
+	present := func(f *fixture) byte {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		co := f.rawConnNoAuth(rctx, "coap+tcp")
+		resp, err := co.Post(rctx, protocol.AuthPath, message.AppCBOR, bytes.NewReader(body))
+		must(t, err)
+		return byte(resp.Code())
+	}
+	if c := present(a); c != 0x44 {
+		t.Fatalf("node A: token answered %#x, want 2.04", c)
+	}
+	if c := present(b); c != 0x81 {
+		t.Fatalf("node B: the same token answered %#x, want 4.01", c)
+	}
+
+	// Suspended through node A: the session on node B closes.
+	onB := b.dial(d, "coaps")
+	if _, _, err := onB.GetRaw(ctx, protocol.ManifestPath); err != nil {
+		t.Fatal(err)
+	}
+	must(t, a.node.SetStanding(ctx, d.id, store.Suspended, "test"))
+	deadline := time.Now().Add(time.Second)
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		// A public resource: only a closed session refuses it.
+		_, _, err := onB.GetRaw(qctx, "/.well-known/core")
+		cancel()
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the device suspended through node A is still served by node B after 1 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := b.tryDial(d, "coaps"); err == nil {
+		t.Fatal("node B let the suspended device in again")
+	}
+}

@@ -41,6 +41,8 @@ func (d *deviceAPI) refuse(ctx context.Context, dev identity.ID, kind, reason st
 		return err
 	}
 	d.n.log.Warn("batch refused", "device", dev, "kind", kind, "reason", reason)
+	d.n.metrics.refused(kind)
+	d.n.metrics.incident(kind)
 	if limit := d.n.cfg.MaxIncidents; limit > 0 {
 		window := d.n.cfg.IncidentWindow
 		count, err := d.n.store.CountIncidents(ctx, dev, now.Add(-window))

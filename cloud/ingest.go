@@ -102,12 +102,15 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 	var be *protocol.BatchError
 	switch {
 	case errors.As(err, &be) && be.Kind == protocol.ErrUnknownManifest:
+		d.n.metrics.refused("unknown_manifest")
 		return nil, transport.Errorf(transport.BadRequest, "%s", protocol.DiagnosticUnknownManifest)
 	case errors.As(err, &be) && be.Kind == protocol.ErrTooLarge:
+		d.n.metrics.refused("too_large")
 		return nil, transport.Errorf(transport.RequestEntityTooLarge, "%v", err)
 	case errors.As(err, &be) && be.Kind == protocol.ErrRefused:
 		return nil, d.refuse(ctx, dev.ID, IncidentManifest, err.Error())
 	case err != nil:
+		d.n.metrics.refused("malformed")
 		return nil, transport.Errorf(transport.BadRequest, "%v", err)
 	}
 	if err := entry.reg.Check(b.Policy()); err != nil {
@@ -132,12 +135,14 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 	res, err := d.commits.store(ctx, sb)
 	switch {
 	case errors.Is(err, store.ErrConflict):
+		d.n.metrics.refused("key_reused")
 		return nil, transport.Errorf(transport.BadRequest, "%s", protocol.DiagnosticKeyReused)
 	case errors.Is(err, store.ErrInvalid):
 		return nil, transport.Errorf(transport.BadRequest, "the batch cannot be stored: a sequence number over 2^63-1, or a reading time outside the years 1678 to 2262")
 	case err != nil:
 		return nil, err
 	}
+	d.n.metrics.batchStored(res.Duplicate, res.Stored)
 	return protocol.Ack{Key: b.Key, Stored: uint64(res.Stored), Duplicate: res.Duplicate}, nil
 }
 

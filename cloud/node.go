@@ -271,6 +271,13 @@ func (n *Node) resources() []transport.Resource {
 // registry. A device the registry does not know is admitted only with a
 // verified manufacturer chain, so that it can enroll.
 func (n *Node) authorize(ctx context.Context, p transport.Peer) error {
+	err := n.admit(ctx, p)
+	n.metrics.session(p.Method, err == nil)
+	return err
+}
+
+// admit decides authorize's question.
+func (n *Node) admit(ctx context.Context, p transport.Peer) error {
 	if p.Method == "revoked" {
 		return fmt.Errorf("cloud: device %s was just refused", p.Device)
 	}

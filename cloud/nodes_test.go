@@ -3,6 +3,9 @@ package cloud_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,5 +104,42 @@ func TestTwoNodes(t *testing.T) {
 	}
 	if _, err := b.tryDial(d, "coaps"); err == nil {
 		t.Fatal("node B let the suspended device in again")
+	}
+}
+
+// TestIngestMetrics: the node counts stored batches and readings,
+// refusals and incidents by kind, and device authentications, in the
+// Prometheus text format.
+func TestIngestMetrics(t *testing.T) {
+	f := newFixture(t, "sqlite", cloud.Config{PublicMetrics: true})
+	d := f.importDevice(aircon)
+	f.give(powerGrant(f.clock.now().Add(-24 * time.Hour)))
+	c := f.dial(d, "coaps")
+	_, err := post(t, c, f.power(d, 1, 5))
+	must(t, err)
+	_, err = post(t, c, f.power(d, 1, 5)) // the same batch again
+	must(t, err)
+	bad := f.power(d, 2, 1)
+	bad.Readings[0]["no-such-field"] = int64(1)
+	if _, err := post(t, c, bad); err == nil {
+		t.Fatal("a batch with an undeclared field was taken")
+	}
+	u, err := f.node.Listen("http://127.0.0.1:0")
+	must(t, err)
+	resp, err := http.Get(u + "/metrics")
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`sensible_cloud_telemetry_batches_total{result="stored"} 1`,
+		`sensible_cloud_telemetry_batches_total{result="duplicate"} 1`,
+		`sensible_cloud_telemetry_readings_total 5`,
+		`sensible_cloud_refusals_total{reason="manifest-violation"} 1`,
+		`sensible_cloud_incidents_total{kind="manifest-violation"} 1`,
+		`sensible_cloud_device_sessions_total{method="psk",result="admitted"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

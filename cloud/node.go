@@ -83,6 +83,7 @@ type Node struct {
 	srv      *transport.Server
 	keys     *Keys
 	cert     *tls.Certificate
+	cmds     commandLists // command list versions and the expiry loop
 
 	closeOnce sync.Once
 	closeErr  error
@@ -158,6 +159,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	n.startExpiry()
 	return n, nil
 }
 
@@ -183,6 +185,7 @@ func (n *Node) Keys() consent.Keys { return n.keys }
 // store if the node opened it. It may be called more than once.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.stopExpiry()
 		if n.srv != nil {
 			n.closeErr = n.srv.Close()
 		}
@@ -202,7 +205,8 @@ func (n *Node) closeStore() error {
 
 // resources lists the v1 resources the node serves.
 func (n *Node) resources() []transport.Resource {
-	return nil
+	var rs []transport.Resource
+	return append(rs, n.stateResources()...)
 }
 
 // authorize is the transport's Authorize hook: every way in asks the

@@ -117,7 +117,7 @@ func (n *Node) commandResult(ctx context.Context, dev identity.ID, res protocol.
 	}
 	err = n.store.SetCommandResult(ctx, dev, res.ID, store.CommandResult{State: state, Result: doc, At: now})
 	if errors.Is(err, store.ErrConflict) {
-		return transport.Errorf(conflict, "command %s has ended with another result", res.ID)
+		return transport.Errorf(conflict, "command %s has already ended otherwise", res.ID)
 	}
 	if err != nil {
 		return answer(err)

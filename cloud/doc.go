@@ -29,6 +29,8 @@
 // Either tells the device's observers at once, over any transport; a
 // value larger than a notification may be (protocol.MaxNotificationBody)
 // is notified with only its version and Fetch, and the device GETs it.
+// Both resources answer 4.04 to a device that has not enrolled and 4.01
+// to one that is no longer active.
 //
 // A device reports the state it is in (POST /v1/state) naming the
 // desired version it applied: a report on a version that is no longer
@@ -40,7 +42,7 @@
 // GET or a notification), then Delivered; it is in every list the device
 // gets, after every reconnect, until the device posts its result: then it
 // ends Succeeded or Failed and leaves the list. A command whose time to
-// live has passed is never delivered again and ends Expired: every
+// live has passed is no longer delivered and ends Expired: every
 // second the node marks such commands in the store and tells the
 // observers whose lists lost one. A result for a lapsed command is taken
 // only if it says expired; any other is refused with 4.09 Conflict, as is

@@ -2,20 +2,27 @@ package cloud
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/device/identity"
 )
 
-// topicStanding carries, between the nodes that share a store, the ID of a
-// device whose standing changed, so that every node closes its sessions.
-const topicStanding = "device.standing"
+// Topics of the store's notifier, between the nodes that share a store.
+const (
+	// topicStanding carries the ID of a device whose standing changed,
+	// so that every node closes its sessions.
+	topicStanding = "device.standing"
+	// topicChanges carries "<resource path> <device ID>" for a change to
+	// what a device observes (see changed).
+	topicChanges = "device.changes"
+)
 
 // startBackground starts the node's own goroutines, which Close stops: the
 // listener for standing changes made on other nodes, and the sweeper.
 func (n *Node) startBackground(ctx context.Context) error {
-	sub, err := n.store.Notifier().Listen(ctx, topicStanding)
+	sub, err := n.store.Notifier().Listen(ctx, topicStanding, topicChanges)
 	if err != nil {
 		return err
 	}
@@ -23,7 +30,7 @@ func (n *Node) startBackground(ctx context.Context) error {
 	n.bgCancel = cancel
 	n.bg.Go(func() {
 		defer sub.Close()
-		n.followStanding(bg, sub)
+		n.follow(bg, sub)
 	})
 	interval := n.cfg.SweepInterval
 	if interval == 0 {
@@ -35,28 +42,40 @@ func (n *Node) startBackground(ctx context.Context) error {
 	return nil
 }
 
-// followStanding closes the sessions of every device whose standing
-// another node (or this one) changed. After a resync (the notifier lost
-// messages) sessions are not checked again here: each request of a device
-// that is no longer active is refused by the resources anyway.
-func (n *Node) followStanding(ctx context.Context, sub *store.Subscription) {
+// follow acts on what the nodes sharing the store announce: it closes the
+// sessions of every device whose standing changed, and notifies this
+// node's observers of every change to what a device observes. After a
+// resync (the notifier lost messages) nothing is replayed: a device no
+// longer active is refused at its next request by every resource, and an
+// observer gets the current value when it registers again (at its next
+// keep-alive or reconnect).
+func (n *Node) follow(ctx context.Context, sub *store.Subscription) {
 	for {
 		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
-		if msg.Resync {
-			n.log.Warn("standing notifications were lost; refused devices are refused at their next request")
-			continue
-		}
-		id, err := identity.ParseID(string(msg.Payload))
-		if err != nil {
-			n.log.Warn("bad standing notification", "err", err)
-			continue
-		}
-		d, err := n.store.Device(ctx, id)
-		if err == nil && d.Standing != store.Active {
-			n.srv.Revoke(id)
+		switch {
+		case msg.Resync:
+			n.log.Warn("change notifications were lost; devices catch up at their next request or registration")
+		case msg.Topic == topicStanding:
+			id, err := identity.ParseID(string(msg.Payload))
+			if err != nil {
+				n.log.Warn("bad standing notification", "err", err)
+				continue
+			}
+			d, err := n.store.Device(ctx, id)
+			if err == nil && d.Standing != store.Active {
+				n.srv.Revoke(id)
+			}
+		case msg.Topic == topicChanges:
+			path, dev, ok := strings.Cut(string(msg.Payload), " ")
+			id, err := identity.ParseID(dev)
+			if !ok || err != nil {
+				n.log.Warn("bad change notification", "payload", string(msg.Payload))
+				continue
+			}
+			n.notify(ctx, path, id)
 		}
 	}
 }

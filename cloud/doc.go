@@ -75,4 +75,43 @@
 // header and body sizes and every phase of a request, limits failed
 // authentications per client address, and logs one line per request,
 // never a token or a claim code.
+//
+// # State and commands
+//
+// A device observes /v1/state and /v1/commands (docs/protocol.md 4.5,
+// 4.6). [Node.SetDesired] stores a device's desired settings under a new
+// version; [Node.EnqueueCommand] queues a command, with a time to live.
+// Either tells the device's observers at once, over any transport; a
+// value larger than a notification may be (protocol.MaxNotificationBody)
+// is notified with only its version and Fetch, and the device GETs it.
+// Both resources answer 4.04 to a device that has not enrolled and 4.01
+// to one that is no longer active.
+//
+// A device reports the state it is in (POST /v1/state) naming the
+// desired version it applied: a report on a version that is no longer
+// the current one is refused with 4.12 Precondition Failed, and the
+// device GETs the desired state again. [Node.State] returns both states,
+// [Node.StateDelta] the desired settings not yet in force.
+//
+// A command is Pending until a list carrying it reaches the device (a
+// GET or a notification), then Delivered; it is in every list the device
+// gets, after every reconnect, until the device posts its result: then it
+// ends Succeeded or Failed and leaves the list. A command whose time to
+// live has passed is no longer delivered and ends Expired: every
+// second the node marks such commands in the store and tells the
+// observers whose lists lost one. A result for a lapsed command is taken
+// only if it says expired; any other is refused with 4.09 Conflict, as is
+// a result unlike the one a command already ended with. The same result
+// again is stored once. A command list's version is the serving node's
+// clock in microseconds, made strictly increasing on each node, since the
+// store keeps no version per list: keep the nodes' clocks synchronized.
+//
+// A change is published through the store's notifier (LISTEN/NOTIFY on
+// PostgreSQL) to every node sharing the store, and each notifies its own
+// observers, reading the value again from the store: a device observing on
+// any node hears a change made through any other, within milliseconds.
+// If notifications were lost (a listener reconnected), an observer gets
+// the current value when it next registers (its keep-alive or reconnect).
+// Standing changes travel the same way, so that suspending a device
+// through one node closes its sessions on all of them.
 package cloud

@@ -114,6 +114,7 @@ type Node struct {
 	cert     *tls.Certificate
 	metrics  *metrics
 	api      *httpAPI
+	cmds     commandLists // command list versions and the expiry loop
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -206,6 +207,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
+	n.startExpiry()
 	return n, nil
 }
 
@@ -238,6 +240,7 @@ func (n *Node) Keys() consent.Keys { return n.keys }
 // may be called more than once.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.stopExpiry()
 		if n.bgCancel != nil {
 			n.bgCancel()
 			n.bg.Wait()
@@ -264,7 +267,7 @@ func (n *Node) closeStore() error {
 
 // resources lists the v1 resources the node serves.
 func (n *Node) resources() []transport.Resource {
-	return n.deviceResources()
+	return append(n.deviceResources(), n.stateResources()...)
 }
 
 // authorize is the transport's Authorize hook: every way in asks the

@@ -18,6 +18,7 @@ import (
 	"github.com/sensible-iot/sensible/internal/codec"
 	"github.com/sensible-iot/sensible/internal/pgtest"
 	"github.com/sensible-iot/sensible/protocol"
+	"github.com/sensible-iot/sensible/transport"
 )
 
 // twoNodes starts two nodes on one PostgreSQL database, each with its own
@@ -41,8 +42,9 @@ func twoNodes(t *testing.T) (a, b *fixture) {
 
 // TestTwoNodes: two nodes on one PostgreSQL act as one cloud. The same
 // batch sent to both is stored once; a token accepted by one is refused
-// by the other; a device suspended through one loses its session on the
-// other at once.
+// by the other; a desired change made through one reaches a device
+// observing on the other within a second; a device suspended through one
+// loses its session on the other at once.
 func TestTwoNodes(t *testing.T) {
 	ctx := context.Background()
 	a, b := twoNodes(t)
@@ -80,6 +82,33 @@ func TestTwoNodes(t *testing.T) {
 	}
 	if c := present(b); c != 0x81 {
 		t.Fatalf("node B: the same token answered %#x, want 4.01", c)
+	}
+
+	// A desired change made through node A reaches the device observing
+	// on node B within a second.
+	obs := b.dial(d, "coaps")
+	versions := make(chan uint64, 16)
+	_, err = obs.Observe(ctx, protocol.StatePath, func(n transport.Notification) {
+		var des protocol.Desired
+		if n.Err == nil && n.Decode(&des) == nil {
+			versions <- des.Version
+		}
+	})
+	must(t, err)
+	if v := <-versions; v != 0 {
+		t.Fatalf("first desired state at version %d, want 0", v)
+	}
+	start := time.Now()
+	v, err := a.node.SetDesired(ctx, d.id, protocol.Settings{"target_c": 21.5}, 0)
+	must(t, err)
+	select {
+	case got := <-versions:
+		if got != v {
+			t.Fatalf("node B notified version %d, node A set %d", got, v)
+		}
+		t.Logf("a change through node A reached node B's observer in %v", time.Since(start))
+	case <-time.After(time.Second):
+		t.Fatal("a desired change through node A did not reach the observer on node B within 1 s")
 	}
 
 	// Suspended through node A: the session on node B closes.

@@ -1087,6 +1087,7 @@ func (a *httpAPI) setDesired(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	a.n.changed(ctx, protocol.StatePath, id) // the device's observers hear of it
 	w.Header().Set("ETag", etag(v))
 	writeJSON(w, http.StatusOK, struct {
 		Version uint64 `json:"version"`
@@ -1134,6 +1135,7 @@ func (a *httpAPI) enqueueCommand(w http.ResponseWriter, r *http.Request) error {
 	if err := storeDo(a.n.metrics, "enqueue_command", func() error { return a.n.store.EnqueueCommand(ctx, c) }); err != nil {
 		return err
 	}
+	a.n.changed(ctx, protocol.CommandsPath, id) // the device's observers hear of it
 	got, err := storeCall(a.n.metrics, "command", func() (store.Command, error) { return a.n.store.Command(ctx, id, c.ID) })
 	if err != nil {
 		return err

@@ -1336,3 +1336,37 @@ func TestOperatorCloseCancelsRequests(t *testing.T) {
 	}
 	<-answered
 }
+
+// TestOperatorChangesReachDevices: desired state set and a command queued
+// through the operator API reach the device observing them at once.
+func TestOperatorChangesReachDevices(t *testing.T) {
+	e := newOpsEnv(t, nil)
+	key, id := e.importDevice("acme-aircon-x1")
+	c := testDevice{key, id}.dial(t, e.n, listen(t, e.n, "coaps"))
+	states := observe[protocol.Desired](t, c, protocol.StatePath)
+	lists := observe[protocol.Commands](t, c, protocol.CommandsPath)
+	<-states
+	<-lists
+
+	path := "/v1/devices/" + id.String()
+	r := e.do("PUT", path+"/state/desired", e.token(ScopeStateWrite), `{"settings": {"mode": "cool"}}`)
+	want(t, "set desired", r, http.StatusOK, "")
+	select {
+	case d := <-states:
+		if d.Version != 1 || d.Settings["mode"] != "cool" {
+			t.Fatalf("notified %+v", d)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("desired state set through the API did not reach the observing device within 1 s")
+	}
+	r = e.do("POST", path+"/commands", e.token(ScopeCommandsWrite), `{"name": "defrost", "ttl_seconds": 60}`)
+	want(t, "enqueue", r, http.StatusCreated, "")
+	select {
+	case l := <-lists:
+		if len(l.Commands) != 1 || l.Commands[0].Name != "defrost" {
+			t.Fatalf("notified %+v", l)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a command queued through the API did not reach the observing device within 1 s")
+	}
+}

@@ -121,6 +121,10 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 		return nil, err
 	}
 	s, _ := entry.m.Stream(b.Stream)
+	if msg := d.n.checkTimes(s, b, received); msg != "" {
+		d.n.metrics.refused("clock_skew")
+		return nil, transport.Errorf(transport.BadRequest, "%s", msg)
+	}
 	allowed, reason, err := d.consents(ctx, dev, s, b, received)
 	if err != nil {
 		return nil, err
@@ -241,6 +245,32 @@ func categories(s *policy.Stream, rd policy.Reading) []string {
 		return []string{""} // covered by no record: nothing leaves without consent
 	}
 	return cs
+}
+
+// checkTimes returns why a batch's readings are not within the node's
+// clock skew (Config.MaxFutureSkew, Config.MaxReadingAge) of when it was
+// received, or "" when they are. Every timestamp field counts, not only
+// the first: none may claim a time the cloud has not reached.
+func (n *Node) checkTimes(s *policy.Stream, b *protocol.Batch, received time.Time) string {
+	latest := received.Add(n.cfg.MaxFutureSkew)
+	var earliest time.Time
+	if n.cfg.MaxReadingAge > 0 {
+		earliest = received.Add(-n.cfg.MaxReadingAge)
+	}
+	for i, rd := range b.Readings {
+		for _, f := range s.Fields {
+			t, ok := rd[f.Name].(time.Time)
+			switch {
+			case !ok:
+			case t.After(latest):
+				return fmt.Sprintf("reading %d: %s %s is more than %v ahead of the cloud's clock (%s): check the device's clock",
+					i, f.Name, t.UTC().Format(time.RFC3339), n.cfg.MaxFutureSkew, received.UTC().Format(time.RFC3339))
+			case !earliest.IsZero() && t.Before(earliest):
+				return fmt.Sprintf("reading %d: %s %s is older than %v", i, f.Name, t.UTC().Format(time.RFC3339), n.cfg.MaxReadingAge)
+			}
+		}
+	}
+	return ""
 }
 
 // readingTime returns when a reading was taken: the value of its first

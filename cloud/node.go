@@ -28,6 +28,9 @@ const (
 	DefaultMaxIncidents = 10
 	// DefaultIncidentWindow is the window incidents are counted in.
 	DefaultIncidentWindow = 24 * time.Hour
+	// DefaultMaxFutureSkew is how far ahead of the cloud's clock a
+	// reading may be (Config.MaxFutureSkew).
+	DefaultMaxFutureSkew = 5 * time.Minute
 	// DefaultSweepInterval is how often a node sweeps (Config.SweepInterval).
 	DefaultSweepInterval = time.Minute
 )
@@ -96,6 +99,15 @@ type Config struct {
 	PublicMetrics bool
 	// HTTP bounds the operator API's HTTP server.
 	HTTP HTTPConfig
+	// MaxFutureSkew is how far ahead of the cloud's clock a reading's
+	// timestamp may be; a batch with one further ahead is refused (4.00).
+	// Zero means DefaultMaxFutureSkew.
+	MaxFutureSkew time.Duration
+	// MaxReadingAge, when set, refuses a batch with a reading older than
+	// this (4.00): a batch older than the idempotency keys the store
+	// keeps could be stored twice. Zero means no limit: a device that was
+	// offline for long still delivers what it kept.
+	MaxReadingAge time.Duration
 	// SweepInterval is how often the node deletes readings past their
 	// retention, expired replay-cache entries and overdue commands; zero
 	// means DefaultSweepInterval, negative never (call Sweep yourself).
@@ -141,6 +153,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if n.cfg.IncidentWindow == 0 {
 		n.cfg.IncidentWindow = DefaultIncidentWindow
+	}
+	if n.cfg.MaxFutureSkew == 0 {
+		n.cfg.MaxFutureSkew = DefaultMaxFutureSkew
 	}
 	if n.store == nil {
 		if cfg.Dir == "" {

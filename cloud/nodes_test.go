@@ -172,3 +172,33 @@ func TestIngestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestClockSkew: a batch with a reading further ahead of the cloud's
+// clock than MaxFutureSkew, or older than MaxReadingAge, is refused with
+// 4.00 naming the clock, stores nothing and is no incident (a device with
+// a wrong clock is not misbehaving); one within both is stored.
+func TestIngestClockSkew(t *testing.T) {
+	f := newFixture(t, "sqlite", cloud.Config{MaxReadingAge: 48 * time.Hour})
+	d := f.importDevice(aircon)
+	f.give(powerGrant(f.clock.now().Add(-72 * time.Hour)))
+	c := f.dial(d, "coaps")
+	now := f.clock.now()
+	for name, end := range map[string]time.Time{
+		"two hours ahead": now.Add(2 * time.Hour),
+		"three days old":  now.Add(-72 * time.Hour),
+	} {
+		_, err := post(t, c, f.powerAt(d, 1, 3, end))
+		if codeOf(err) != transport.BadRequest || !strings.Contains(diagnosticOf(err), "ahead of the cloud's clock") && !strings.Contains(diagnosticOf(err), "older than") {
+			t.Errorf("%s: %v, want 4.00 about the clock", name, err)
+		}
+	}
+	if n := len(f.readings(d, "power")); n != 0 {
+		t.Fatalf("%d readings stored from refused batches", n)
+	}
+	if n := len(f.incidents(d)); n != 0 {
+		t.Fatalf("%d incidents for a device with a wrong clock", n)
+	}
+	if _, err := post(t, c, f.powerAt(d, 1, 3, now.Add(-time.Hour))); err != nil {
+		t.Fatalf("a batch within the skew: %v", err)
+	}
+}

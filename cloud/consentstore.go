@@ -21,34 +21,42 @@ const historyCacheSize = 4096
 // consent.History.Add does (only the subject's app or device grants and
 // withdraws, only the controller revokes, a record that ends another must
 // name one the history holds), and keeps it in the store, after which
-// every node decides with it. The same record again is no error;
+// every node decides with it, and appends it to the consent log, whose
+// receipt it returns (ConsentLogKey verifies it). The same record again is
+// no error, and gets a receipt for the entry logged the first time;
 // another record under its ID is consent.ErrRecordConflict (or
 // store.ErrConflict when two nodes race). Errors from verification match
 // consent's sentinels.
-func (n *Node) AddConsent(ctx context.Context, signed []byte) error {
+func (n *Node) AddConsent(ctx context.Context, signed []byte) (*consent.Receipt, error) {
 	v, err := consent.Verify(ctx, n.keys, signed)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	subject := v.Record.Subject
 	recs, err := n.store.ConsentRecords(ctx, subject)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h := newHistory(subject)
 	if err := h.sync(ctx, n.keys, recs); err != nil {
-		return err
+		return nil, err
 	}
 	if err := h.h.Add(v); err != nil {
-		return err
+		return nil, err
 	}
-	return n.store.AddConsentRecord(ctx, store.ConsentRecord{
+	err = n.store.AddConsentRecord(ctx, store.ConsentRecord{
 		ID:        v.Record.ID,
 		Subject:   subject,
 		Signed:    signed,
 		Time:      time.Unix(v.Record.Event.Time, 0),
 		Retention: retention(v.Record),
 	})
+	if err != nil {
+		return nil, err
+	}
+	// Logged after it is stored: a retry after a failure here stores
+	// nothing again and gets the receipt of the entry, logged once.
+	return n.consentLog.Append(ctx, signed)
 }
 
 // retention returns the shortest retention the processes of r give, or

@@ -133,7 +133,14 @@ func TestAddConsent(t *testing.T) {
 
 	given := powerGrant(now.Truncate(time.Hour).Add(-2 * time.Hour))
 	signed := f.give(given)
-	must(t, f.node.AddConsent(ctx, signed)) // the same record again
+	first, err := f.node.AddConsent(ctx, signed) // the same record again
+	must(t, err)
+	again, err := f.node.AddConsent(ctx, signed)
+	must(t, err)
+	if first.Index != again.Index {
+		t.Fatalf("the same record logged at %d and %d", first.Index, again.Index)
+	}
+	must(t, consent.VerifyReceipt(again, signed, f.node.ConsentLogKey()))
 	if n := records(); n != 1 {
 		t.Fatalf("%d records kept, want 1", n)
 	}
@@ -141,34 +148,34 @@ func TestAddConsent(t *testing.T) {
 	changed.Event.Actor = "subject:web"
 	resigned, err := consent.Sign(&changed, f.app, []byte("app-1"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, resigned); !errors.Is(err, consent.ErrRecordConflict) {
+	if err := addConsent(f.node, ctx, resigned); !errors.Is(err, consent.ErrRecordConflict) {
 		t.Fatalf("another record under a taken ID: %v", err)
 	}
 
 	stranger := newEd25519(t)
 	forged, err := consent.Sign(powerGrant(now), stranger, []byte("app-1"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, forged); !errors.Is(err, consent.ErrBadSignature) {
+	if err := addConsent(f.node, ctx, forged); !errors.Is(err, consent.ErrBadSignature) {
 		t.Fatalf("a record signed by another key: %v", err)
 	}
 	unknown, err := consent.Sign(powerGrant(now), stranger, []byte("app-9"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, unknown); !errors.Is(err, consent.ErrUnknownKey) {
+	if err := addConsent(f.node, ctx, unknown); !errors.Is(err, consent.ErrUnknownKey) {
 		t.Fatalf("a record signed by an unknown key: %v", err)
 	}
-	if err := f.node.AddConsent(ctx, []byte("'; DROP TABLE consent_records; --")); !errors.Is(err, consent.ErrMalformed) {
+	if err := addConsent(f.node, ctx, []byte("'; DROP TABLE consent_records; --")); !errors.Is(err, consent.ErrMalformed) {
 		t.Fatalf("not a record: %v", err)
 	}
 	// Only the subject withdraws.
 	byMaker, err := consent.Sign(consent.Withdraw(given, now, "controller"), f.maker, []byte("maker-1"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, byMaker); !errors.Is(err, consent.ErrNotAllowed) {
+	if err := addConsent(f.node, ctx, byMaker); !errors.Is(err, consent.ErrNotAllowed) {
 		t.Fatalf("a withdrawal signed by the controller: %v", err)
 	}
 	// A record ends only one the history holds.
 	orphan, err := consent.Sign(consent.Withdraw(powerGrant(now), now, "subject:app"), f.app, []byte("app-1"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, orphan); !errors.Is(err, consent.ErrUnknownRecord) {
+	if err := addConsent(f.node, ctx, orphan); !errors.Is(err, consent.ErrUnknownRecord) {
 		t.Fatalf("a withdrawal of an unknown record: %v", err)
 	}
 	// The app speaks for its own subject only.
@@ -176,7 +183,7 @@ func TestAddConsent(t *testing.T) {
 	other.Subject = "someone-else"
 	mine, err := consent.Sign(other, f.app, []byte("app-1"))
 	must(t, err)
-	if err := f.node.AddConsent(ctx, mine); !errors.Is(err, consent.ErrNotAllowed) {
+	if err := addConsent(f.node, ctx, mine); !errors.Is(err, consent.ErrNotAllowed) {
 		t.Fatalf("a record of another subject: %v", err)
 	}
 	if n := records(); n != 1 {
@@ -192,11 +199,13 @@ func TestAddConsent(t *testing.T) {
 	onDevice.Event.Actor = "device"
 	bySelf, err := consent.Sign(onDevice, ac.key, []byte(ac.id.String()))
 	must(t, err)
-	must(t, f.node.AddConsent(ctx, bySelf))
+	_, err = f.node.AddConsent(ctx, bySelf)
+	must(t, err)
 	c := f.dial(ac, "coaps")
 	storedUnder(t, f, c, ac, f.powerAt(ac, 1, 1, hour.Add(2*time.Minute)), onDevice.ID)
 	revoked, err := consent.Sign(consent.Revoke(onDevice, hour.Add(-10*time.Minute), "controller"), f.maker, []byte("maker-1"))
 	must(t, err)
-	must(t, f.node.AddConsent(ctx, revoked))
+	_, err = f.node.AddConsent(ctx, revoked)
+	must(t, err)
 	refusedForConsent(t, f, c, ac, f.powerAt(ac, 2, 1, hour.Add(2*time.Minute)), "revoked")
 }

@@ -90,6 +90,7 @@ type fixture struct {
 	serverRoots *x509.CertPool
 
 	manifests map[string]*manifest // by model
+	logSigner *consent.NoteSigner  // the consent log's, shared by the nodes
 }
 
 // stores opens a new, empty store of each kind.
@@ -155,6 +156,8 @@ func newFixture(t testing.TB, kind string, cfg cloud.Config) *fixture {
 	f.serverCert = &tls.Certificate{Certificate: [][]byte{srvCert.Raw}, PrivateKey: srvKey, Leaf: srvCert}
 	f.serverRoots = x509.NewCertPool()
 	f.serverRoots.AddCert(cloudRoot.Cert)
+	f.logSigner, err = consent.NewNoteSigner("consent.test/log", newEd25519(t))
+	must(t, err)
 	f.start(cfg)
 
 	for _, file := range []string{"aircon.json", "vacuum.json"} {
@@ -201,6 +204,7 @@ func (f *fixture) start(cfg cloud.Config) {
 	cfg.FleetSecret = f.fleet
 	cfg.DeviceRoots = f.deviceRoots
 	cfg.Certificate = f.serverCert
+	cfg.ConsentLogSigner = f.logSigner
 	var err error
 	f.node, err = cloud.New(context.Background(), cfg)
 	must(t, err)
@@ -379,8 +383,16 @@ func (f *fixture) give(r *consent.Record) []byte {
 	f.t.Helper()
 	signed, err := consent.Sign(r, f.app, []byte("app-1"))
 	must(f.t, err)
-	must(f.t, f.node.AddConsent(context.Background(), signed))
+	r2, err := f.node.AddConsent(context.Background(), signed)
+	must(f.t, err)
+	must(f.t, consent.VerifyReceipt(r2, signed, f.node.ConsentLogKey()))
 	return signed
+}
+
+// addConsent is Node.AddConsent without the receipt.
+func addConsent(n *cloud.Node, ctx context.Context, signed []byte) error {
+	_, err := n.AddConsent(ctx, signed)
+	return err
 }
 
 // codeOf returns the CoAP code of a client's error, or 0.

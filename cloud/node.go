@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/cloud/store/sqlite"
 	"github.com/sensible-iot/sensible/consent"
@@ -108,6 +110,13 @@ type Config struct {
 	// keeps could be stored twice. Zero means no limit: a device that was
 	// offline for long still delivers what it kept.
 	MaxReadingAge time.Duration
+	// ConsentLogSigner signs the checkpoints of the consent log kept in
+	// the store (consent.NewNoteSigner makes one from an Ed25519 key,
+	// which may be in an HSM). Nodes sharing a store must share it. Nil
+	// with Dir set uses the key in Dir's ConsentLogKeyFile, made on first
+	// start; nil without Dir makes a key for this process only, which is
+	// for tests: its receipts cannot be checked after a restart.
+	ConsentLogSigner note.Signer
 	// SweepInterval is how often the node deletes readings past their
 	// retention, expired replay-cache entries and overdue commands; zero
 	// means DefaultSweepInterval, negative never (call Sweep yourself).
@@ -127,6 +136,9 @@ type Node struct {
 	metrics  *metrics
 	api      *httpAPI
 	cmds     commandLists // command list versions and the expiry loop
+
+	consentLog    *consent.Log
+	consentLogKey string // its verifier key
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -166,6 +178,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.store, n.ownStore = st, true
+	}
+	if err := n.openConsentLog(ctx); err != nil {
+		n.closeStore()
+		return nil, err
 	}
 	keys, err := NewKeys(n.store, cfg.Controllers)
 	if err != nil {
@@ -241,6 +257,14 @@ func (n *Node) Listen(address string) (string, error) {
 // and certificate DTLS, its chain ending in its root: the configured one,
 // or the self-signed one made at start.
 func (n *Node) Certificate() *tls.Certificate { return n.cert }
+
+// ConsentLog returns the consent log the node appends accepted consent
+// records to, kept in the store.
+func (n *Node) ConsentLog() *consent.Log { return n.consentLog }
+
+// ConsentLogKey returns the consent log's public key, a note verifier key:
+// what anyone needs to check a receipt or an export.
+func (n *Node) ConsentLogKey() string { return n.consentLogKey }
 
 // Store returns the node's store.
 func (n *Node) Store() store.Store { return n.store }

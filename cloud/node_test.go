@@ -5,10 +5,13 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/sensible-iot/sensible/cloud/store"
+	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/transport"
 )
@@ -130,4 +133,41 @@ func TestNodeAuthorizesAgainstTheRegistry(t *testing.T) {
 		t.Fatalf("reactivated device: %v", err)
 	}
 	c3.Close()
+}
+
+// TestConsentLogKeyInDir: a node on a directory makes the consent log's
+// key there on first start, readable by its owner only, and signs with
+// the same key after a restart, so earlier receipts still verify.
+func TestConsentLogKeyInDir(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	n, err := New(ctx, Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := n.ConsentLogKey()
+	r, err := n.ConsentLog().Append(ctx, []byte("an entry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	fi, err := os.Stat(filepath.Join(dir, ConsentLogKeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, mode %v", err, fi.Mode())
+	}
+	n, err = New(ctx, Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if n.ConsentLogKey() != first {
+		t.Fatal("the consent log's key changed across a restart")
+	}
+	if err := consent.VerifyReceipt(r, []byte("an entry"), n.ConsentLogKey()); err != nil {
+		t.Fatal(err)
+	}
+	again, err := n.ConsentLog().Append(ctx, []byte("an entry"))
+	if err != nil || again.Index != r.Index {
+		t.Fatalf("the entry logged again at %v (%v), first at %d", again, err, r.Index)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sensible-iot/sensible/cloud"
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/cloud/store/postgres"
+	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/internal/codec"
 	"github.com/sensible-iot/sensible/internal/pgtest"
@@ -50,6 +51,19 @@ func TestTwoNodes(t *testing.T) {
 	a, b := twoNodes(t)
 	d := a.importDevice(aircon)
 	a.give(powerGrant(a.clock.now().Add(-24 * time.Hour)))
+
+	// Consent given through either node goes into one consent log.
+	withdrawnLater := powerGrant(a.clock.now().Add(-time.Hour))
+	signed, err := consent.Sign(withdrawnLater, a.app, []byte("app-1"))
+	must(t, err)
+	ra, err := a.node.AddConsent(ctx, signed)
+	must(t, err)
+	rb, err := b.node.AddConsent(ctx, signed)
+	must(t, err)
+	if ra.Index != rb.Index || a.node.ConsentLogKey() != b.node.ConsentLogKey() {
+		t.Fatalf("one record logged at %d through A and %d through B", ra.Index, rb.Index)
+	}
+	must(t, consent.VerifyReceipt(rb, signed, a.node.ConsentLogKey()))
 
 	// The same batch to both nodes: stored once.
 	batch := a.power(d, 1, 5)

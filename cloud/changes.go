@@ -66,6 +66,8 @@ func (n *Node) notify(ctx context.Context, topic string, dev identity.ID) {
 		err = n.notifyState(ctx, dev)
 	case protocol.CommandsPath:
 		err = n.notifyCommands(ctx, dev)
+	case protocol.ConsentPath:
+		err = n.devices.notifyConsents(ctx, dev)
 	default:
 		n.log.Error("cloud: a change of an unknown topic", "topic", topic, "device", dev)
 		return

@@ -56,7 +56,12 @@ func (n *Node) AddConsent(ctx context.Context, signed []byte) (*consent.Receipt,
 	}
 	// Logged after it is stored: a retry after a failure here stores
 	// nothing again and gets the receipt of the entry, logged once.
-	return n.consentLog.Append(ctx, signed)
+	receipt, err := n.consentLog.Append(ctx, signed)
+	if err != nil {
+		return nil, err
+	}
+	n.consentChanged(ctx, subject)
+	return receipt, nil
 }
 
 // retention returns the shortest retention the processes of r give, or

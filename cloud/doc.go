@@ -50,6 +50,13 @@
 //
 // # Consent and retention
 //
+// /v1/consent (docs/protocol.md 4.7) gives a device, observable, its
+// owner's records that cover it (for each purpose the latest, preceded by
+// the record it ends) with the app keys that signed them, and takes a
+// record the owner gave on the device itself, signed by the device: it is
+// logged, and the answer is its receipt. Every record accepted through
+// any node reaches the observers of all the owner's devices.
+//
 // [Node.AddConsent] verifies a signed consent record, applies the rules
 // of consent.History (who may grant, withdraw and revoke) and keeps it in
 // the store. The node builds each owner's history from the records the

@@ -37,6 +37,7 @@ func (n *Node) deviceResources() []transport.Resource {
 		histories: newHistories(n.store, n.keys),
 		commits:   &committer{st: n.store},
 	}
+	n.devices = d
 	return []transport.Resource{
 		{
 			Path: protocol.EnrollPath, Methods: []transport.Method{transport.POST}, Handler: d.enroll,
@@ -50,6 +51,11 @@ func (n *Node) deviceResources() []transport.Resource {
 			Path: protocol.TelemetryPath, Methods: []transport.Method{transport.POST}, Handler: d.telemetry,
 			Formats: []transport.Format{protocol.FormatCBOR, protocol.FormatSenMLCBOR}, MaxBody: protocol.MaxBatchBody,
 			Attributes: []string{`rt="sensible.telemetry"`, `ct="60 112"`},
+		},
+		{
+			Path: protocol.ConsentPath, Methods: []transport.Method{transport.GET, transport.POST}, Handler: d.serveConsent,
+			Formats: []transport.Format{protocol.FormatCOSESign1}, MaxBody: consent.MaxRecordSize, Observable: true,
+			Attributes: []string{`rt="sensible.consent"`, `ct=18`},
 		},
 	}
 }

@@ -136,6 +136,7 @@ type Node struct {
 	metrics  *metrics
 	api      *httpAPI
 	cmds     commandLists // command list versions and the expiry loop
+	devices  *deviceAPI   // the device resources' caches
 
 	consentLog    *consent.Log
 	consentLogKey string // its verifier key

@@ -28,7 +28,9 @@
 // device the registry knows, 2.01 for a zero-touch device, which it
 // registers then with the model it names and the key and chain it
 // authenticated with (transport.PeerCertificates). An unknown model is
-// 4.03, and so is every claim token, since the node issues none yet.
+// 4.03, and so is every claim token, since the node issues none yet. A
+// device that says it was reset to its factory settings is released
+// from its owner.
 //
 // GET /v1/manifest gives the newest manifest of the device's model as its
 // maker signed it; [Node.AddManifest] adds one, checked against the
@@ -68,6 +70,22 @@
 // the shorter retention of the consent that allowed them, no longer lets
 // the cloud keep. The node does not sweep by itself: its owner calls
 // Sweep now and then.
+//
+// # Owners
+//
+// A device's owner is the subject whose consent decides what leaves it.
+// The owner's app claims a device with the claim code on its label
+// ([ClaimLabel], [ParseClaimLabel]) through the app API
+// (docs/app-api.md), which the node serves beside the operator API, each
+// request carrying an app token: a JWT signed with the subject's app key
+// from the registry ([SignAppToken]). [Node.ClaimDevice] counts every
+// attempt against the device and the claimant and refuses those past
+// Config.Claims, compares codes by their hashes in constant time, and
+// uses each code once. [Node.TransferDevice] lets the owner hand the
+// device on with a new code; [Node.ReleaseDevice], and a device that
+// enrolls saying it was reset to its factory settings, leave it without
+// an owner. Consent does not travel with a device: from a release on,
+// only its next owner's records count.
 //
 // # Operators
 //

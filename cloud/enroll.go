@@ -15,6 +15,8 @@ import (
 // one it does not know, which the transport admitted by its verified
 // manufacturer chain, is registered with the model it names and gets
 // 2.01. Claim tokens are not issued yet, so every one is unknown: 4.03.
+// A device that says it was reset to its factory settings is released
+// from its owner.
 func (d *deviceAPI) enroll(ctx context.Context, r *transport.Request) (any, error) {
 	var req protocol.EnrollRequest
 	if err := r.Decode(&req); err != nil {
@@ -39,6 +41,14 @@ func (d *deviceAPI) enroll(ctx context.Context, r *transport.Request) (any, erro
 	}
 	if dev.Standing != store.Active {
 		return nil, transport.Errorf(transport.Unauthorized, "device refused")
+	}
+	if req.Reset && dev.Owner != "" {
+		// Reset to its factory settings: the device forgot its owner,
+		// and so does the cloud (claim.go).
+		if err := d.n.release(ctx, dev.ID, "factory reset"); err != nil {
+			return nil, err
+		}
+		dev.Owner = ""
 	}
 	e := protocol.Enrollment{Status: protocol.Unclaimed, Time: d.n.now().Unix()}
 	if dev.Owner != "" {

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -124,6 +123,7 @@ type httpAPI struct {
 	n       *Node
 	cfg     HTTPConfig
 	auth    *operatorAuth
+	app     *appAuth // app tokens (apptoken.go)
 	limiter *authLimiter
 	mux     *http.ServeMux
 	srv     *http.Server
@@ -150,10 +150,15 @@ func newHTTPAPI(n *Node) (*httpAPI, error) {
 		return nil, err
 	}
 	cfg := n.cfg.HTTP.withDefaults()
+	appAud := n.cfg.AppAudience
+	if appAud == "" {
+		appAud = DefaultAppAudience
+	}
 	a := &httpAPI{
 		n:       n,
 		cfg:     cfg,
 		auth:    auth,
+		app:     newAppAuth(n.store, n.store.ReplayCache(store.ReplayConfig{Now: n.now}), appAud, n.now),
 		limiter: newAuthLimiter(cfg.AuthFailureRate, cfg.AuthFailureBurst),
 		mux:     http.NewServeMux(),
 	}
@@ -263,6 +268,7 @@ func (a *httpAPI) enter() bool {
 // requestInfo is what the request log learns from inside a route.
 type requestInfo struct {
 	operator string
+	subject  string // the caller of an app route
 }
 
 type requestInfoKey struct{}
@@ -316,9 +322,12 @@ func (a *httpAPI) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d := time.Since(start)
 	a.n.metrics.request(pattern, sw.status, d)
-	a.n.log.LogAttrs(ctx, slog.LevelInfo, "operator request",
-		slog.String("method", r.Method), slog.String("route", pattern), slog.Int("status", sw.status),
-		slog.Duration("duration", d), slog.String("operator", info.operator))
+	attrs := []slog.Attr{slog.String("method", r.Method), slog.String("route", pattern), slog.Int("status", sw.status),
+		slog.Duration("duration", d), slog.String("operator", info.operator)}
+	if info.subject != "" {
+		attrs = append(attrs, slog.String("subject", info.subject))
+	}
+	a.n.log.LogAttrs(ctx, slog.LevelInfo, "operator request", attrs...)
 }
 
 // noRoute answers a request that no route matches in JSON: 405 with
@@ -351,11 +360,12 @@ func (p *headerProbe) WriteHeader(code int)        { p.status = code }
 type route struct {
 	pattern string
 	scope   string // "" for none
+	app     bool   // authenticated by an app token, not an operator token (appapi.go)
 	maxBody int64  // 0 means HTTPConfig.MaxBody
 	handle  func(w http.ResponseWriter, r *http.Request) error
 }
 
-// routes lists the API (docs/operator-api.md).
+// routes lists the API (docs/operator-api.md, docs/app-api.md).
 func (a *httpAPI) routes() []route {
 	metricsScope := ScopeMetricsRead
 	if a.n.cfg.PublicMetrics {
@@ -367,6 +377,7 @@ func (a *httpAPI) routes() []route {
 		{pattern: "POST /v1/devices", scope: ScopeDevicesWrite, handle: a.importDevice},
 		{pattern: "GET /v1/devices/{id}", scope: ScopeDevicesRead, handle: a.getDevice},
 		{pattern: "PUT /v1/devices/{id}/standing", scope: ScopeDevicesWrite, handle: a.setStanding},
+		{pattern: "POST /v1/devices/{id}/release", scope: ScopeDevicesWrite, handle: a.releaseDevice},
 		{pattern: "POST /v1/devices/{id}/claim", scope: ScopeClaimsWrite, handle: a.createClaim},
 		{pattern: "GET /v1/devices/{id}/claim", scope: ScopeClaimsRead, handle: a.getClaim},
 		{pattern: "DELETE /v1/devices/{id}/claim", scope: ScopeClaimsWrite, handle: a.deleteClaim},
@@ -382,6 +393,8 @@ func (a *httpAPI) routes() []route {
 		{pattern: "GET /v1/models/{model}/manifests", scope: ScopeModelsRead, handle: a.listManifests},
 		{pattern: "POST /v1/models/{model}/manifests", scope: ScopeModelsWrite, maxBody: maxManifestBody, handle: a.addManifest},
 		{pattern: "GET /v1/manifests/{hash}", scope: ScopeModelsRead, handle: a.getManifest},
+		{pattern: "POST /v1/app/claims", app: true, handle: a.appClaim},
+		{pattern: "POST /v1/app/devices/{id}/transfer", app: true, handle: a.appTransfer},
 		{pattern: "GET /metrics", scope: metricsScope, handle: func(w http.ResponseWriter, r *http.Request) error {
 			metricsHandler.ServeHTTP(w, r)
 			return nil
@@ -397,8 +410,15 @@ func (a *httpAPI) route(rt route) http.Handler {
 		limit = a.cfg.MaxBody
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if rt.scope != "" && !a.authenticate(w, r, rt.scope) {
-			return
+		switch {
+		case rt.app:
+			if !a.authenticateApp(w, r) {
+				return
+			}
+		case rt.scope != "":
+			if !a.authenticate(w, r, rt.scope) {
+				return
+			}
 		}
 		if r.ContentLength > limit {
 			writeError(w, errTooLarge(limit))
@@ -415,6 +435,32 @@ func (a *httpAPI) route(rt route) http.Handler {
 // authenticate checks the request's operator token and its scope, and
 // answers 401, 403 or 429 when they do not pass.
 func (a *httpAPI) authenticate(w http.ResponseWriter, r *http.Request, scope string) bool {
+	var claims *OperatorClaims
+	if !a.checkToken(w, r, "an operator token", func(token string) (refusal, failure error) {
+		claims, refusal = a.auth.verify(token)
+		return refusal, nil
+	}) {
+		return false
+	}
+	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		info.operator = claims.Subject
+	}
+	if !claims.Allows(scope) {
+		a.n.metrics.authFailed("scope")
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sensible", error="insufficient_scope", scope=%q`, scope))
+		writeError(w, &apiError{http.StatusForbidden, "insufficient_scope", "the token lacks the scope " + scope})
+		return false
+	}
+	return true
+}
+
+// checkToken is what every kind of token shares: the limit on failed
+// authentications per client address, the bearer token, and its
+// verification, which returns why the token is refused, or a failure of
+// the node (answered 500 or 503, and not counted against the client). It
+// answers 401, 429 or the failure itself, and reports whether the token
+// passed.
+func (a *httpAPI) checkToken(w http.ResponseWriter, r *http.Request, what string, verify func(token string) (refusal, failure error)) bool {
 	now := time.Now() // the limiter runs on the real clock, whatever Config.Now says
 	client, known := clientOf(r.RemoteAddr)
 	if wait, limited := a.limiter.limited(client, now); known && limited {
@@ -427,26 +473,21 @@ func (a *httpAPI) authenticate(w http.ResponseWriter, r *http.Request, scope str
 	if !ok {
 		a.n.metrics.authFailed("missing")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sensible"`)
-		writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", "an operator token is required: Authorization: Bearer <token>"})
+		writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", what + " is required: Authorization: Bearer <token>"})
 		return false
 	}
-	claims, err := a.auth.verify(token)
-	if err != nil {
+	refusal, failure := verify(token)
+	if failure != nil {
+		a.fail(w, r, failure)
+		return false
+	}
+	if refusal != nil {
 		if known {
 			a.limiter.failed(client, now)
 		}
 		a.n.metrics.authFailed("invalid")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sensible", error="invalid_token"`)
-		writeError(w, &apiError{http.StatusUnauthorized, "invalid_token", err.Error()})
-		return false
-	}
-	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
-		info.operator = claims.Subject
-	}
-	if !claims.Allows(scope) {
-		a.n.metrics.authFailed("scope")
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sensible", error="insufficient_scope", scope=%q`, scope))
-		writeError(w, &apiError{http.StatusForbidden, "insufficient_scope", "the token lacks the scope " + scope})
+		writeError(w, &apiError{http.StatusUnauthorized, "invalid_token", refusal.Error()})
 		return false
 	}
 	return true
@@ -945,39 +986,21 @@ func (a *httpAPI) setStanding(w http.ResponseWriter, r *http.Request) error {
 
 // ---- claims ----
 
-// claimCodeEncoding writes claim codes in Crockford's base32, as device
-// IDs are written: no look-alike letters, upper case for QR codes.
-var claimCodeEncoding = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
-
-// claimCodeBytes is how many random bytes a claim code carries: 128 bits,
-// 26 characters.
-const claimCodeBytes = 16
-
 func (a *httpAPI) createClaim(w http.ResponseWriter, r *http.Request) error {
 	id, err := deviceParam(r)
 	if err != nil {
 		return err
 	}
 	ctx := r.Context()
-	d, err := a.device(ctx, id)
+	var code string
+	c, err := storeCall(a.n.metrics, "set_claim", func() (c store.Claim, err error) {
+		c, code, err = a.n.newClaim(ctx, id)
+		return c, err
+	})
 	if err != nil {
 		return err
 	}
-	if d.Standing == store.Decommissioned {
-		return &apiError{http.StatusConflict, "conflict", fmt.Sprintf("device %s is decommissioned", id)}
-	}
-	var random [claimCodeBytes]byte
-	rand.Read(random[:])
-	code := claimCodeEncoding.EncodeToString(random[:])
-	c := store.Claim{Device: id, Hash: store.ClaimCodeHash([]byte(code)), Created: a.n.now()}
-	if err := storeDo(a.n.metrics, "set_claim", func() error { return a.n.store.SetClaim(ctx, c) }); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusCreated, struct {
-		Device  string    `json:"device"`
-		Code    string    `json:"code"`
-		Created time.Time `json:"created"`
-	}{id.String(), code, c.Created.UTC()})
+	writeJSON(w, http.StatusCreated, newClaimCodeJSON(c, code))
 	return nil
 }
 

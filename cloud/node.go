@@ -121,6 +121,15 @@ type Config struct {
 	// retention, expired replay-cache entries and overdue commands; zero
 	// means DefaultSweepInterval, negative never (call Sweep yourself).
 	SweepInterval time.Duration
+
+	// Owners' apps (claim.go, apptoken.go, appapi.go), served with the
+	// operator API.
+
+	// AppAudience is the aud an app token must name; empty means
+	// DefaultAppAudience.
+	AppAudience string
+	// Claims limits the attempts to claim devices.
+	Claims ClaimConfig
 }
 
 // A Node is one cloud node. It is safe for concurrent use.

@@ -99,17 +99,9 @@ func SignOperatorToken(signer crypto.Signer, kid string, c OperatorClaims) (stri
 			return "", fmt.Errorf("cloud: operator scope %q is empty or has white space", s)
 		}
 	}
-	method, err := operatorMethod(signer.Public())
+	method, key, err := signingKey(signer)
 	if err != nil {
 		return "", err
-	}
-	var key any = signer
-	if method == jwt.SigningMethodES256 {
-		k, ok := signer.(*ecdsa.PrivateKey)
-		if !ok {
-			return "", fmt.Errorf("cloud: an ES256 operator key must be an *ecdsa.PrivateKey, not a %T", signer)
-		}
-		key = k
 	}
 	iat := c.IssuedAt
 	if iat.IsZero() {
@@ -129,8 +121,9 @@ func SignOperatorToken(signer crypto.Signer, kid string, c OperatorClaims) (stri
 	return t.SignedString(key)
 }
 
-// operatorMethod returns the one signing method a key's tokens may use.
-func operatorMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
+// keyMethod returns the one signing method a key's tokens (operator or
+// app tokens) may use.
+func keyMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if t, err := identity.TypeOf(k); err == nil && t == identity.P256 {
@@ -139,7 +132,25 @@ func operatorMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
 	case ed25519.PublicKey:
 		return jwt.SigningMethodEdDSA, nil
 	}
-	return nil, fmt.Errorf("cloud: operator key is a %T: want ECDSA P-256 or Ed25519", pub)
+	return nil, fmt.Errorf("cloud: the key is a %T: want ECDSA P-256 or Ed25519", pub)
+}
+
+// signingKey returns the signing method of signer's key and the key as
+// golang-jwt signs with it: an ECDSA key must be an *ecdsa.PrivateKey, an
+// Ed25519 key may be any crypto.Signer.
+func signingKey(signer crypto.Signer) (jwt.SigningMethod, any, error) {
+	method, err := keyMethod(signer.Public())
+	if err != nil {
+		return nil, nil, err
+	}
+	if method == jwt.SigningMethodES256 {
+		k, ok := signer.(*ecdsa.PrivateKey)
+		if !ok {
+			return nil, nil, fmt.Errorf("cloud: an ES256 key must be an *ecdsa.PrivateKey, not a %T", signer)
+		}
+		return method, k, nil
+	}
+	return method, signer, nil
 }
 
 // operatorKey is one configured operator key and its pinned algorithm.
@@ -164,7 +175,7 @@ func newOperatorAuth(keys map[string]crypto.PublicKey, audience, issuer string, 
 		if kid == "" {
 			return nil, errors.New("cloud: an operator key without a key ID")
 		}
-		m, err := operatorMethod(k)
+		m, err := keyMethod(k)
 		if err != nil {
 			return nil, fmt.Errorf("cloud: operator key %q: %w", kid, err)
 		}

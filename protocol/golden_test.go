@@ -165,6 +165,7 @@ func vectors(t testing.TB) []vector {
 		tok,
 		message("enroll-request", protocol.EnrollRequest{Model: "acme-aircon-x1", Firmware: "1.4.2", Manifest: f.airconHash, Claim: claimToken}),
 		message("enroll-first-contact", protocol.EnrollRequest{Model: "acme-aircon-x1", Firmware: "1.4.2"}),
+		message("enroll-reset", protocol.EnrollRequest{Model: "acme-aircon-x1", Firmware: "1.4.2", Manifest: f.airconHash, Reset: true}),
 		message("enroll-response", protocol.Enrollment{Status: protocol.Claimed, Subject: goldenSubject, Manifest: f.airconHash, Time: goldenTime.Unix()}),
 		manifest,
 		batchVector("telemetry-batch", f.powerBatch(t), f.reg),

@@ -79,6 +79,11 @@ type EnrollRequest struct {
 	// QR code shown to the device's camera): 16 to 64 bytes. The cloud
 	// binds the device to the account that made the token.
 	Claim []byte `cbor:"4,keyasint,omitempty"`
+	// Reset says that the device was reset to its factory settings: the
+	// cloud releases it from its owner, and answers Unclaimed. A device
+	// sets it in the first enrollment after a reset, and again only
+	// until an answer comes.
+	Reset bool `cbor:"5,keyasint,omitempty"`
 }
 
 // An EnrollStatus says whether a device has an owner.

@@ -170,7 +170,7 @@ func TestTransferNeedsNewConsent(t *testing.T) {
 	})
 	signed, err := consent.Sign(fresh, newApp, []byte("app-2"))
 	must(t, err)
-	must(t, f.node.AddConsent(context.Background(), signed))
+	must(t, addConsent(f.node, context.Background(), signed))
 	storedUnder(t, f, c, d, f.power(d, 4, 2), fresh.ID)
 
 	// The old owner withdrawing changes nothing for the new owner.

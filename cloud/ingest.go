@@ -142,7 +142,8 @@ func (d *deviceAPI) telemetry(ctx context.Context, r *transport.Request) (any, e
 	if err != nil {
 		return nil, err
 	}
-	res, err := d.commits.store(ctx, sb)
+	// Timed from the handler's side: the wait for a group commit counts.
+	res, err := storeCall(d.n.metrics, "store_batch", func() (store.BatchResult, error) { return d.commits.store(ctx, sb) })
 	switch {
 	case errors.Is(err, store.ErrConflict):
 		d.n.metrics.refused("key_reused")

@@ -3,6 +3,8 @@ package cloud_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -180,6 +182,7 @@ func TestIngestMetrics(t *testing.T) {
 		`sensible_cloud_refusals_total{reason="manifest-violation"} 1`,
 		`sensible_cloud_incidents_total{kind="manifest-violation"} 1`,
 		`sensible_cloud_device_sessions_total{method="psk",result="admitted"}`,
+		`sensible_cloud_store_duration_seconds_count{op="store_batch"} 2`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
@@ -214,5 +217,45 @@ func TestIngestClockSkew(t *testing.T) {
 	}
 	if _, err := post(t, c, f.powerAt(d, 1, 3, now.Add(-time.Hour))); err != nil {
 		t.Fatalf("a batch within the skew: %v", err)
+	}
+}
+
+// TestForgedChain: a device whose certificate chain leads to a root the
+// cloud does not trust (a rogue factory), or that presents the real
+// factory's intermediate with a leaf the factory did not sign, is refused
+// by the handshake over TLS and DTLS: it cannot enroll, and nothing is
+// registered.
+func TestForgedChain(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "sqlite", cloud.Config{})
+	rogueRoot, err := identity.NewRootCA(newKey(t), "Rogue Root", nil)
+	must(t, err)
+	rogue, err := rogueRoot.NewIntermediate(newKey(t), "Test Factory", nil)
+	must(t, err)
+	for name, chainOf := range map[string]func(leaf []byte) [][]byte{
+		"rogue root":                  func(leaf []byte) [][]byte { return [][]byte{leaf, rogue.Cert.Raw} },
+		"leaf under the real factory": func(leaf []byte) [][]byte { return [][]byte{leaf, f.factory.Cert.Raw} },
+	} {
+		d := &device{key: newKey(t), model: aircon}
+		d.id, err = identity.IDOf(d.key)
+		must(t, err)
+		csr, err := identity.NewCSR(d.key)
+		must(t, err)
+		cert, err := rogue.IssueDevice(csr, nil)
+		must(t, err)
+		d.cert = &tls.Certificate{Certificate: chainOf(cert.Raw), PrivateKey: d.key, Leaf: cert}
+		for _, scheme := range []string{"coaps+tcp", "coaps+cert"} {
+			// Over TLS 1.3 the client's side of the handshake ends
+			// before the server has checked its certificate: the
+			// refusal then comes with the first request.
+			if c, err := f.tryDial(d, scheme); err == nil {
+				if _, err := enroll(c, aircon); err == nil {
+					t.Errorf("%s over %s: enrolled", name, scheme)
+				}
+			}
+		}
+		if _, err := f.st.Device(ctx, d.id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s: the device is registered (%v)", name, err)
+		}
 	}
 }

@@ -17,6 +17,9 @@
 #   DEVICES="16 256" the numbers of devices
 #   BATCHES="1 16 64" the batch sizes
 #   STORES="sqlite postgres"
+#                    (each PostgreSQL row runs twice: with the node's
+#                    connection pool as shipped, and keeping 16 idle
+#                    connections, -pg-idle 16)
 #   POSTGRES_URL     use this PostgreSQL server (its user may create
 #                    databases) instead of starting one; POSTGRES_PID is
 #                    then its postmaster's pid, for its CPU, if known
@@ -193,6 +196,10 @@ for n in $devices; do
 		for b in $batches; do
 			if [ "$s" = postgres ]; then
 				run -system sensible -store postgres -postgres "$pg_url" -postgres-pid "$pg_pid" -devices "$n" -batch "$b"
+				# The same with the node's pool keeping its connections
+				# open (database/sql keeps 2 idle by default, and
+				# postgres.Open leaves it so): what fixing that would give.
+				run -system sensible -store postgres -postgres "$pg_url" -postgres-pid "$pg_pid" -devices "$n" -batch "$b" -pg-idle 16
 			else
 				run -system sensible -store sqlite -dir "$work/sqlite-$n-$b" -devices "$n" -batch "$b"
 				rm -rf "$work/sqlite-$n-$b"

@@ -36,10 +36,9 @@ func toJSON(r policy.Reading) jsonReading {
 
 // mqttRun is one run against an MQTT broker.
 type mqttRun struct {
-	opts     options
-	devices  []*device
-	readings [][]jsonReading // by device, its pool as JSON
-	clients  []mqtt.Client
+	opts    options
+	devices []*device
+	clients []mqtt.Client
 }
 
 // setup makes the devices and connects one MQTT 3.1.1 client for each,
@@ -51,12 +50,6 @@ func (r *mqttRun) setup(ctx context.Context) error {
 	}
 	if r.devices, err = newDevices(m, r.opts.devices, time.Now()); err != nil {
 		return err
-	}
-	r.readings = make([][]jsonReading, len(r.devices))
-	for i, d := range r.devices {
-		for _, rd := range d.pool {
-			r.readings[i] = append(r.readings[i], toJSON(rd))
-		}
 	}
 	r.clients = make([]mqtt.Client, len(r.devices))
 	return each(len(r.devices), func(i int) error {
@@ -93,8 +86,8 @@ func (r *mqttRun) close() {
 // publish publishes message seq of device i at QoS 1 and waits for its
 // PUBACK: one reading, or with -mqtt-batch a batch of readings in one
 // JSON message. It returns the readings the message carried.
-func (r *mqttRun) publish(i int, seq int) (int, error) {
-	pool := r.readings[i]
+func (r *mqttRun) publish(i int, seq uint64) (int, error) {
+	d := r.devices[i]
 	var payload []byte
 	var err error
 	n := 1
@@ -102,11 +95,11 @@ func (r *mqttRun) publish(i int, seq int) (int, error) {
 		n = r.opts.batch
 		b := jsonBatch{Readings: make([]jsonReading, n)}
 		for j := range b.Readings {
-			b.Readings[j] = pool[(seq*n+j)%len(pool)]
+			b.Readings[j] = toJSON(d.reading(seq*uint64(n) + uint64(j)))
 		}
 		payload, err = json.Marshal(b)
 	} else {
-		payload, err = json.Marshal(pool[seq%len(pool)])
+		payload, err = json.Marshal(toJSON(d.reading(seq)))
 	}
 	if err != nil {
 		return 0, err
@@ -145,8 +138,8 @@ func (r *mqttRun) run(ctx context.Context, brokerPID int) (result, error) {
 	start := time.Now()
 	each(len(r.devices), func(i int) error {
 		l := make(latencies, 0, 16384)
-		for seq := 1; ; seq++ {
-			if r.opts.batches > 0 && seq > r.opts.batches {
+		for seq := uint64(1); ; seq++ {
+			if r.opts.batches > 0 && seq > uint64(r.opts.batches) {
 				break
 			}
 			if ctx.Err() != nil || (r.opts.batches == 0 && !time.Now().Before(deadline)) {

@@ -43,24 +43,41 @@ const stream = "power"
 // purpose is the consent purpose the stream needs.
 const purpose = "analytics"
 
-// poolSize is how many distinct readings each device cycles through.
+// poolSize is how many distinct values each device cycles through.
 const poolSize = 64
+
+// history is how far back a device's first reading is: its readings
+// follow one a second from there, so that their times only grow, as a
+// meter's do, and stay within the owner's consent (given 48 hours ago)
+// and before now.
+const history = 40 * time.Hour
 
 // fleetSecret derives the devices' DTLS pre-shared keys.
 var fleetSecret = []byte("the fleet secret of the benchmark factory")
 
-// A device is one benchmark device: its identity and the readings it
-// posts, already passed through its enforcer as the device's agent does.
+// A device is one benchmark device: its identity, and the readings it
+// sends as its agent's policy.Enforcer lets them leave.
 type device struct {
 	key   crypto.Signer
 	id    identity.ID
 	owner string
-	pool  []policy.Reading
+	// first is the time of its first reading.
+	first time.Time
+	// bucket is the stream's coarsen_time bucket.
+	bucket time.Duration
+	// pool holds the values of the readings' other fields, as the
+	// enforcer transformed them.
+	pool []policy.Reading
 }
 
-// newDevices makes n devices of manifest m, with a pool of readings
-// each, taken a minute apart before now.
+// newDevices makes n devices of manifest m, whose readings start
+// history before now.
 func newDevices(m *policy.Manifest, n int, now time.Time) ([]*device, error) {
+	s, ok := m.Stream(stream)
+	if !ok {
+		return nil, fmt.Errorf("the manifest has no stream %q", stream)
+	}
+	bucket := time.Duration(s.Fields[0].Transform.Bucket)
 	ds := make([]*device, n)
 	for i := range ds {
 		k, err := identity.GenerateKey(identity.P256)
@@ -75,10 +92,11 @@ func newDevices(m *policy.Manifest, n int, now time.Time) ([]*device, error) {
 		if err != nil {
 			return nil, err
 		}
-		d := &device{key: k, id: id, owner: fmt.Sprintf("subj-bench-%04d", i)}
+		d := &device{key: k, id: id, owner: fmt.Sprintf("subj-bench-%04d", i), first: now.Add(-history), bucket: bucket}
 		for j := range poolSize {
+			at := d.first.Add(time.Duration(j) * time.Second)
 			raw := policy.Reading{
-				"ts":     now.Add(-time.Duration(j+1) * time.Minute),
+				"ts":     at,
 				"watts":  900 + float64((i*31+j*17)%600) + 0.37,
 				"serial": fmt.Sprintf("SN-%06d", i),
 			}
@@ -89,6 +107,14 @@ func newDevices(m *policy.Manifest, n int, now time.Time) ([]*device, error) {
 			if out == nil {
 				return nil, errors.New("the enforcer let nothing of a reading leave")
 			}
+			// The loop makes each reading's time as the enforcer does
+			// (coarsen_time), rather than running the enforcer on every
+			// reading: on both sides of the comparison, the devices'
+			// work stays out of the way of the servers'.
+			if ts, _ := out.Fields["ts"].(time.Time); !ts.Equal(at.Truncate(bucket)) {
+				return nil, fmt.Errorf("the enforcer made the time %v of %v, not %v", ts, at, at.Truncate(bucket))
+			}
+			delete(out.Fields, "ts")
 			d.pool = append(d.pool, out.Fields)
 		}
 		ds[i] = d
@@ -96,12 +122,24 @@ func newDevices(m *policy.Manifest, n int, now time.Time) ([]*device, error) {
 	return ds, nil
 }
 
-// readings returns b readings of d's pool, starting at the seq-th batch's
-// place in it.
+// reading returns d's n-th reading (from 0), taken n seconds after its
+// first, as its enforcer lets it leave: the time coarsened to the
+// minute, the watts rounded, the serial number pseudonymized.
+func (d *device) reading(n uint64) policy.Reading {
+	n %= uint64(history / time.Second)
+	p := d.pool[n%poolSize]
+	return policy.Reading{
+		"ts":     d.first.Add(time.Duration(n) * time.Second).Truncate(d.bucket).UTC(),
+		"watts":  p["watts"],
+		"serial": p["serial"],
+	}
+}
+
+// readings returns the readings of d's batch seq (from 1) of b readings.
 func (d *device) readings(seq uint64, b int) []policy.Reading {
 	rs := make([]policy.Reading, b)
 	for i := range rs {
-		rs[i] = d.pool[(int(seq)*b+i)%len(d.pool)]
+		rs[i] = d.reading((seq-1)*uint64(b) + uint64(i))
 	}
 	return rs
 }
@@ -115,8 +153,10 @@ const (
 )
 
 // openStore opens an empty store of kind. For PostgreSQL it makes a new
-// database on the server that adminURL names, dropped by cleanup.
-func openStore(ctx context.Context, kind storeKind, dir, adminURL string, conns int) (st *sqlstore.Store, cleanup func() error, err error) {
+// database on the server that adminURL names, dropped by cleanup, and
+// opens it with at most conns connections; idle, if not zero, replaces
+// database/sql's default of 2 idle connections kept in the pool.
+func openStore(ctx context.Context, kind storeKind, dir, adminURL string, conns, idle int) (st *sqlstore.Store, cleanup func() error, err error) {
 	switch kind {
 	case sqliteStore:
 		st, err = sqlite.Open(ctx, dir, sqlite.Config{})
@@ -149,6 +189,9 @@ func openStore(ctx context.Context, kind storeKind, dir, adminURL string, conns 
 		st, err = postgres.Open(ctx, db.String(), postgres.Config{MaxConns: conns})
 		if err != nil {
 			return nil, nil, errors.Join(err, drop())
+		}
+		if idle > 0 {
+			st.DB().SetMaxIdleConns(idle)
 		}
 		return st, drop, nil
 	}
@@ -319,7 +362,11 @@ func (r *sensibleRun) run(ctx context.Context, otherPID int) (result, error) {
 		return result{}, fmt.Errorf("first batches: %w", err)
 	}
 
-	res := result{System: "sensible", Store: string(r.opts.store), Devices: r.opts.devices, Batch: r.opts.batch, LoadBefore: loadAverage()}
+	storeName := string(r.opts.store)
+	if r.opts.store == postgresStore && r.opts.pgIdle > 0 {
+		storeName = fmt.Sprintf("postgres, %d idle conns", r.opts.pgIdle)
+	}
+	res := result{System: "sensible", Store: storeName, Devices: r.opts.devices, Batch: r.opts.batch, LoadBefore: loadAverage()}
 	lat := make([]latencies, len(r.devices))
 	acked := make([]uint64, len(r.devices)) // batches acked per device, the first not counted
 	var failed atomic.Int64

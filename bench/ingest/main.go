@@ -80,7 +80,7 @@ func main() {
 	var storeName string
 	flag.StringVar(&o.system, "system", "sensible", "what to measure: sensible (a cloud node over coaps://) or mosquitto (an MQTT broker at -mqtt)")
 	flag.StringVar(&storeName, "store", "sqlite", "the node's store: sqlite or postgres")
-	flag.StringVar(&o.dir, "dir", "", "directory for the SQLite store (default: a new temporary directory, removed afterwards); keep it on a disk, not tmpfs")
+	flag.StringVar(&o.dir, "dir", "", "directory for the SQLite store (default: a new directory in $TMPDIR or else /var/tmp, removed afterwards); keep it on a disk, not tmpfs")
 	flag.StringVar(&o.postgresURL, "postgres", "", "postgres:// URL of a PostgreSQL server whose user may create databases; each run makes a new database and drops it")
 	flag.IntVar(&o.postgresPID, "postgres-pid", 0, "pid of the PostgreSQL server (postmaster), to count its CPU and its backends'")
 	flag.IntVar(&o.pgConns, "pg-conns", 16, "most connections the node opens to PostgreSQL")
@@ -138,7 +138,13 @@ func measure(ctx context.Context, o options) (result, error) {
 	case "sensible":
 		dir := o.dir
 		if dir == "" && o.store == sqliteStore {
-			d, err := os.MkdirTemp("", "bench-ingest-")
+			// Not os.TempDir: /tmp is often a tmpfs, where a sync
+			// costs nothing and proves nothing.
+			base := os.Getenv("TMPDIR")
+			if base == "" {
+				base = "/var/tmp"
+			}
+			d, err := os.MkdirTemp(base, "bench-ingest-")
 			if err != nil {
 				return result{}, err
 			}

@@ -77,7 +77,15 @@ func newDevices(m *policy.Manifest, n int, now time.Time) ([]*device, error) {
 	if !ok {
 		return nil, fmt.Errorf("the manifest has no stream %q", stream)
 	}
-	bucket := time.Duration(s.Fields[0].Transform.Bucket)
+	var bucket time.Duration
+	for _, f := range s.Fields {
+		if f.Name == "ts" && f.Transform.Op == "coarsen_time" {
+			bucket = time.Duration(f.Transform.Bucket)
+		}
+	}
+	if bucket <= 0 {
+		return nil, errors.New("the stream's ts field is not coarsened to a bucket")
+	}
 	ds := make([]*device, n)
 	for i := range ds {
 		k, err := identity.GenerateKey(identity.P256)
@@ -167,7 +175,7 @@ func openStore(ctx context.Context, kind storeKind, dir, adminURL string, conns,
 		}
 		u, err := url.Parse(adminURL)
 		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-			return nil, nil, fmt.Errorf("-postgres %q is not a postgres:// URL", adminURL)
+			return nil, nil, errors.New("-postgres is not a postgres:// URL")
 		}
 		admin, err := pgx.Connect(ctx, adminURL)
 		if err != nil {

@@ -89,6 +89,8 @@ type Observation struct {
 	hasSeq   bool
 	seq      uint32    // sequence number of the last value queued
 	seqAt    time.Time // when it came
+	gen      uint64    // registrations begun
+	seqGen   uint64    // gen when the last value was queued
 	last     []byte    // the last value queued, and its format
 	lastForm Format
 }
@@ -190,6 +192,9 @@ func (o *Observation) Cancel(ctx context.Context) error {
 // value the server answers with; keepalive says it is a check, whose
 // answer is not queued when it is the value already queued.
 func (c *Client) register(ctx context.Context, conn mux.Conn, o *Observation, keepalive bool) error {
+	o.mu.Lock()
+	o.gen++
+	o.mu.Unlock()
 	res, err := c.exchange(ctx, conn, GET, o.path, 0, nil, func(req *pool.Message) {
 		req.SetToken(message.Token(o.token))
 		req.SetObserve(0)
@@ -247,8 +252,8 @@ func (c *Client) notification(_ mux.ResponseWriter, r *mux.Message) {
 	if err != nil {
 		// A 2.xx without Observe is a last value: the server no longer
 		// sends notifications.
-		o.push(Notification{Format: res.format, Body: b, dec: c.dec})
-		c.end(o, fmt.Errorf("%w: the server ended the observation of %s", ErrNotObservable, o.path))
+		c.endWith(o, &Notification{Format: res.format, Body: b, dec: c.dec},
+			fmt.Errorf("%w: the server ended the observation of %s", ErrNotObservable, o.path))
 		return
 	}
 	res.seq, res.observed = seq, true
@@ -261,15 +266,22 @@ func (c *Client) datagrams() bool { return c.url.Scheme == "coap" || c.url.Schem
 
 // end ends an observation that the server refused or ended, telling its
 // handler err.
-func (c *Client) end(o *Observation, err error) {
+func (c *Client) end(o *Observation, err error) { c.endWith(o, nil, err) }
+
+// endWith is end with a last value, queued with the end in one step, so
+// that no other value can come between them.
+func (c *Client) endWith(o *Observation, last *Notification, err error) {
 	c.mu.Lock()
 	delete(c.observations, o)
 	if c.byToken[o.token] == o {
 		delete(c.byToken, o.token)
 	}
 	o.on = nil
+	// Ended before c.mu is let go: Observe, which adds an observation it
+	// has just registered under c.mu unless it has ended, must not add
+	// one that is ending.
+	o.finish(last, err)
 	c.mu.Unlock()
-	o.finish(err)
 }
 
 // fresher reports whether a notification with sequence number v2 that
@@ -281,9 +293,10 @@ func fresher(v1 uint32, t1 time.Time, v2 uint32, t2 time.Time) bool {
 }
 
 // accept queues a value, unless it is older than the last one queued. The
-// answer to a registration is always taken (sequence numbers start again
-// with it), but one that a keepalive check brought is not queued when it
-// is the value already queued.
+// answer to a registration is taken (sequence numbers start again with
+// it) unless a notification of the same registration came first with a
+// newer sequence number, and one that a keepalive check brought is not
+// queued when it is the value already queued.
 func (o *Observation) accept(res result, registration, keepalive bool) {
 	now := time.Now()
 	o.mu.Lock()
@@ -297,8 +310,14 @@ func (o *Observation) accept(res result, registration, keepalive bool) {
 		return
 	case !registration && o.hasSeq && !fresher(o.seq, o.seqAt, res.seq, now):
 		return
+	case registration && o.hasSeq && o.seqGen == o.gen && !fresher(o.seq, o.seqAt, res.seq, now):
+		// A notification of this registration overtook its answer
+		// (go-coap may hand them over in either order): the answer is
+		// older, and the handler has the newer value already.
+		return
 	}
 	o.hasSeq, o.seq, o.seqAt, o.last, o.lastForm, o.lost = true, res.seq, now, res.body, res.format, false
+	o.seqGen = o.gen
 	o.pushLocked(Notification{Seq: res.seq, Format: res.format, Body: res.body, dec: o.c.dec})
 }
 
@@ -339,12 +358,16 @@ func (o *Observation) pushLocked(n Notification) {
 	}
 }
 
-// finish queues err as the observation's last event.
-func (o *Observation) finish(err error) {
+// finish queues last, when there is one, and err as the observation's
+// last events.
+func (o *Observation) finish(last *Notification, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.ended {
 		return
+	}
+	if last != nil {
+		o.pushLocked(*last)
 	}
 	o.ended = true
 	o.queue = append(o.queue, Notification{Err: err})

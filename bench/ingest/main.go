@@ -84,7 +84,7 @@ func main() {
 	flag.StringVar(&o.postgresURL, "postgres", "", "postgres:// URL of a PostgreSQL server whose user may create databases; each run makes a new database and drops it")
 	flag.IntVar(&o.postgresPID, "postgres-pid", 0, "pid of the PostgreSQL server (postmaster), to count its CPU and its backends'")
 	flag.IntVar(&o.pgConns, "pg-conns", 16, "most connections the node opens to PostgreSQL")
-	flag.IntVar(&o.pgIdle, "pg-idle", 0, "if set, let the node's connection pool keep this many idle PostgreSQL connections instead of database/sql's default 2, which postgres.Open leaves (an experiment: the node as shipped keeps 2)")
+	flag.IntVar(&o.pgIdle, "pg-idle", 0, "idle PostgreSQL connections the node's pool keeps (postgres.Config.MaxIdleConns); 0 means the store's default, postgres.DefaultMaxIdleConns")
 	flag.IntVar(&o.devices, "devices", 16, "number of devices, each with its own connection")
 	flag.IntVar(&o.batch, "batch", 64, "readings per batch (with -system mosquitto, per message if -mqtt-batch)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long the devices post")

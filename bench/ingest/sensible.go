@@ -194,12 +194,9 @@ func openStore(ctx context.Context, kind storeKind, dir, adminURL string, conns,
 		}
 		db := *u
 		db.Path = "/" + name
-		st, err = postgres.Open(ctx, db.String(), postgres.Config{MaxConns: conns})
+		st, err = postgres.Open(ctx, db.String(), postgres.Config{MaxConns: conns, MaxIdleConns: idle})
 		if err != nil {
 			return nil, nil, errors.Join(err, drop())
-		}
-		if idle > 0 {
-			st.DB().SetMaxIdleConns(idle)
 		}
 		return st, drop, nil
 	}
@@ -290,7 +287,7 @@ func (r *sensibleRun) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := r.node.AddConsent(ctx, sr); err != nil {
+		if _, err := r.node.AddConsent(ctx, sr); err != nil {
 			return err
 		}
 	}

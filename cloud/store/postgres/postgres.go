@@ -43,12 +43,20 @@ import (
 // "sensible" in ASCII.
 const schemaLock = 0x73656e7369626c65
 
+// DefaultMaxIdleConns is Config.MaxIdleConns' default.
+const DefaultMaxIdleConns = 16
+
 // Config configures a store. The zero value is ready to use.
 type Config struct {
 	// MaxConns bounds the node's open connections; zero means no bound
 	// but the server's. The notifier's listener, once started, has one
 	// connection more.
 	MaxConns int
+	// MaxIdleConns is how many open connections the node keeps for the
+	// next requests; zero means DefaultMaxIdleConns. database/sql keeps
+	// two by default, so under load most requests would open a new
+	// connection, the most expensive thing PostgreSQL does.
+	MaxIdleConns int
 	// Logger receives the failures of the notifier's listener, which
 	// happen apart from any call; nil discards them.
 	Logger *slog.Logger
@@ -65,6 +73,14 @@ func Open(ctx context.Context, url string, cfg Config) (*sqlstore.Store, error) 
 	}
 	db := stdlib.OpenDB(*cc)
 	db.SetMaxOpenConns(cfg.MaxConns)
+	idle := cfg.MaxIdleConns
+	if idle == 0 {
+		idle = DefaultMaxIdleConns
+	}
+	if cfg.MaxConns > 0 && idle > cfg.MaxConns {
+		idle = cfg.MaxConns
+	}
+	db.SetMaxIdleConns(idle)
 	return sqlstore.Open(ctx, db, sqlstore.Dialect{
 		Notifier:              newNotifier(db, cc.Copy(), cfg.Logger),
 		Name:                  "postgres",

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"slices"
@@ -177,15 +178,22 @@ func openOutbox(path, dir string, key []byte, maxReadings int, maxBytes int64, p
 		}
 	}()
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
-		Timeout:        lockTimeout,
-		NoFreelistSync: true, // rebuilt on open: one page less to write per commit
-		FreelistType:   bbolt.FreelistMapType,
+		Timeout: lockTimeout,
+		// The freelist is synced (bbolt's default): without it bbolt
+		// rebuilds the list on open, and after a failed commit, by
+		// walking the pages in a goroutine of its own, where a damaged
+		// page would crash the process rather than fail the open.
+		FreelistType: bbolt.FreelistMapType,
 	})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, &OutboxError{Path: path, Kind: ErrOutboxLocked}
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
 		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
+		return nil, corrupt("not a readable bbolt file", err)
+	case err != nil && !isSystem(err):
+		// bbolt says what it found wrong in words: a file too small, a
+		// page of the wrong type.
 		return nil, corrupt("not a readable bbolt file", err)
 	case err != nil:
 		return nil, classify(path, dir, err)
@@ -545,6 +553,14 @@ func classify(path, dir string, err error) error {
 		return &OutboxError{Path: path, Kind: ErrDiskFull, Err: err}
 	}
 	return &OutboxError{Path: path, Err: err}
+}
+
+// isSystem reports whether err comes from the operating system, rather
+// than from what bbolt read.
+func isSystem(err error) bool {
+	var pe *fs.PathError
+	var errno syscall.Errno
+	return errors.As(err, &pe) || errors.As(err, &errno)
 }
 
 // snapshot returns the state last made durable, and a channel closed

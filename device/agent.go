@@ -35,6 +35,11 @@ const (
 	// DefaultHealthInterval is how often a started agent logs its
 	// Health.
 	DefaultHealthInterval = time.Minute
+	// DefaultSendInterval is the least time between two posts of
+	// telemetry: at most 10 a second, well within the cloud's rate limit
+	// per device (docs/protocol.md 9), while readings recorded meanwhile
+	// join the next batch.
+	DefaultSendInterval = 100 * time.Millisecond
 )
 
 // Config configures an Agent. Dir, Manifest and Makers are required,
@@ -111,6 +116,9 @@ type Config struct {
 	RetryBase time.Duration
 	// RetryMax caps the wait; zero means DefaultRetryMax.
 	RetryMax time.Duration
+	// SendInterval is the least time between the starts of two posts of
+	// telemetry; zero means DefaultSendInterval, negative no pause.
+	SendInterval time.Duration
 
 	// HealthInterval is how often a started agent logs its Health; zero
 	// means DefaultHealthInterval, negative never.
@@ -191,6 +199,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.cfg.RetryBase = cmp(cfg.RetryBase, DefaultRetryBase)
 	a.cfg.RetryMax = max(cmp(cfg.RetryMax, DefaultRetryMax), a.cfg.RetryBase)
 	a.cfg.HealthInterval = cmp(cfg.HealthInterval, DefaultHealthInterval)
+	a.cfg.SendInterval = cmp(cfg.SendInterval, DefaultSendInterval)
 	if a.id.IsZero() {
 		if cfg.Key == nil {
 			return nil, errors.New("device: Config.Device or Config.Key is required")

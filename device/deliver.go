@@ -44,7 +44,11 @@ type outcome struct {
 func (a *Agent) deliver(ctx context.Context) {
 	defer a.wg.Done()
 	failures := 0
+	var sent time.Time
 	for ctx.Err() == nil {
+		if wait := a.cfg.SendInterval - time.Since(sent); wait > 0 {
+			a.sleep(ctx, wait)
+		}
 		b, err := a.next(ctx)
 		if err != nil {
 			failures++
@@ -59,6 +63,7 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			continue
 		}
+		sent = time.Now()
 		out := a.send(ctx, b)
 		key := protocol.Key{Epoch: a.box.epoch, Seq: b.seq}
 		switch {

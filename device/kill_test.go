@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/device"
 	"github.com/sensible-iot/sensible/device/identity"
-	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/transport"
 )
 

@@ -353,7 +353,7 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 		it.val = a.box.seal.seal(nil, a.box.seal.ad(adReading, it.queue, it.id), plain)
 		items[i] = it
 	}
-	if err := a.box.submit(ctx, a.box.putReadings(items)); err != nil {
+	if err := a.box.submit(ctx, a.box.putReadings(items), true); err != nil {
 		return err
 	}
 	a.kick()
@@ -460,7 +460,7 @@ func (a *Agent) AddConsent(ctx context.Context, signed []byte) error {
 		return nil
 	}
 	n := a.consentNext
-	if err := a.box.submit(ctx, a.box.putConsent(n, signed)); err != nil {
+	if err := a.box.submit(ctx, a.box.putConsent(n, signed), false); err != nil {
 		return err
 	}
 	a.consentNext++

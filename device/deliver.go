@@ -68,11 +68,11 @@ func (a *Agent) deliver(ctx context.Context) {
 		key := protocol.Key{Epoch: a.box.epoch, Seq: b.seq}
 		switch {
 		case out.acked:
-			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, "", a.now()))
+			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, "", a.now()), false)
 		case out.drop != "":
 			a.log.Warn("device: batch refused by the cloud, dropped", "reason", string(out.drop), "key", key,
 				"readings", b.rec.readings, "err", out.err)
-			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, out.drop, a.now()))
+			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, out.drop, a.now()), false)
 		default:
 			if ctx.Err() != nil {
 				return
@@ -141,7 +141,7 @@ func (a *Agent) next(ctx context.Context) (*sendable, error) {
 					return nil, err
 				}
 				a.log.Warn("device: a formed batch does not decrypt, dropped", "seq", seq, "err", err)
-				if err := a.box.submit(context.WithoutCancel(ctx), a.box.finish(seq, DropUnreadable, a.now())); err != nil {
+				if err := a.box.submit(context.WithoutCancel(ctx), a.box.finish(seq, DropUnreadable, a.now()), false); err != nil {
 					return nil, err
 				}
 				continue
@@ -161,7 +161,7 @@ func (a *Agent) next(ctx context.Context) (*sendable, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := a.box.submit(context.WithoutCancel(ctx), a.box.form(f)); err != nil {
+		if err := a.box.submit(context.WithoutCancel(ctx), a.box.form(f), false); err != nil {
 			return nil, err
 		}
 		if f.stale || f.rec == nil {

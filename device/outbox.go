@@ -142,6 +142,7 @@ type outbox struct {
 	// The committer's queue.
 	mu      sync.Mutex
 	pending []*op
+	steady  int   // of pending, ops of callers that come straight back
 	spare   []*op // the slice last taken, for reuse
 	closed  bool
 	signal  chan struct{}
@@ -431,8 +432,18 @@ func (o *outbox) queue(k queueKey) uint32 {
 
 // run is the committer: it takes the ops waiting and commits them in one
 // transaction, one sync, until the outbox closes.
+//
+// The callers whose readings a commit carried usually come straight back
+// with their next one, while the commit that follows has already begun
+// with the ops that arrived during the last: two half-full commits in
+// turn. So before it begins a commit, the committer waits for as many
+// readings as the last commit carried plus those that arrived meanwhile,
+// but no longer than half the last commit took: at worst a commit is half
+// as late again, once, when callers go away.
 func (o *outbox) run() {
 	defer close(o.stopped)
+	want, took := 0, time.Duration(0)
+	var timer *time.Timer
 	for {
 		o.mu.Lock()
 		for len(o.pending) == 0 && !o.closed {
@@ -440,24 +451,50 @@ func (o *outbox) run() {
 			<-o.signal
 			o.mu.Lock()
 		}
+		if o.steady < want && !o.closed {
+			deadline := time.Now().Add(took / 2)
+			for o.steady < want && !o.closed {
+				wait := time.Until(deadline)
+				if wait <= 0 {
+					break
+				}
+				o.mu.Unlock()
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-o.signal:
+				case <-timer.C:
+				}
+				timer.Stop()
+				o.mu.Lock()
+			}
+		}
 		if len(o.pending) == 0 {
 			o.mu.Unlock()
 			return
 		}
-		ops := o.pending
-		o.pending = o.spare[:0]
+		ops, steady := o.pending, o.steady
+		o.pending, o.steady = o.spare[:0], 0
 		o.mu.Unlock()
+		start := time.Now()
 		o.commit(ops)
+		took = time.Since(start)
 		clear(ops)
 		o.mu.Lock()
 		o.spare = ops
+		want = steady + o.steady
 		o.mu.Unlock()
 	}
 }
 
 // submit hands an op to the committer and waits until it is durable. If
-// ctx ends first, the op may still be committed.
-func (o *outbox) submit(ctx context.Context, apply func(*bbolt.Tx, *state) error) error {
+// ctx ends first, the op may still be committed. steady says that the
+// caller is likely to submit another op as soon as this one returns, as
+// a producer of readings is.
+func (o *outbox) submit(ctx context.Context, apply func(*bbolt.Tx, *state) error, steady bool) error {
 	p := &op{apply: apply, done: make(chan error, 1)}
 	o.mu.Lock()
 	if o.closed {
@@ -465,6 +502,9 @@ func (o *outbox) submit(ctx context.Context, apply func(*bbolt.Tx, *state) error
 		return ErrClosed
 	}
 	o.pending = append(o.pending, p)
+	if steady {
+		o.steady++
+	}
 	o.mu.Unlock()
 	select {
 	case o.signal <- struct{}{}:

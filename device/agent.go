@@ -345,6 +345,9 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 	if len(plain) > maxReadingSize {
 		return fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	items := make([]*item, len(dests))
 	for i, d := range dests {
 		it := &item{key: queueKey{Manifest: a.hash, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}

@@ -300,3 +300,39 @@ func TestTooLarge(t *testing.T) {
 		t.Fatalf("a 70 KiB reading: %v", err)
 	}
 }
+
+// TestShapedAndShared: a reading leaves as the manifest shaped it, once
+// for the cloud and once for the partner its consent names, and the
+// cloud, deciding with the same records, stores both.
+func TestShapedAndShared(t *testing.T) {
+	k := newKeys(t)
+	c := startCloud(t, k, t.TempDir(), "coaps://127.0.0.1:0")
+	m := c.importMeter()
+	a := newAgent(t, k.config(t, m, t.TempDir(), c.url))
+	ctx := context.Background()
+	for _, r := range []*consent.Record{
+		analytics(),
+		grant(time.Now().Add(-2*time.Hour), "grid-balancing", []string{"device.usage", "device.sensor.power", "device.identifier"}, "gridco"),
+	} {
+		signed := k.sign(t, r)
+		_, err := c.node.AddConsent(ctx, signed)
+		must(t, err)
+		must(t, a.AddConsent(ctx, signed))
+	}
+	must(t, a.Record(ctx, "power", policy.Reading{"ts": time.Now(), "watts": 1234.5, "serial": "SN-0042", "raw": "0xdeadbeef", "extra": 1.0}))
+	must(t, a.Start())
+	drain(t, a, 20*time.Second)
+	if h := a.Health(); h.Delivered != 2 || len(h.Drops) != 0 {
+		t.Fatalf("health: %+v", h)
+	}
+	got := c.stored(m, "power")
+	if len(got) != 2 {
+		t.Fatalf("the cloud holds %d readings: %v", len(got), got)
+	}
+	for _, r := range got {
+		serial, _ := r["serial"].(string)
+		if len(r) != 3 || r["watts"] != 1230.0 || !strings.HasPrefix(serial, "k1:") || serial == "SN-0042" {
+			t.Errorf("stored: %v", r)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -50,9 +51,13 @@ func (a *Agent) deliver(ctx context.Context) {
 			a.sleep(ctx, wait)
 		}
 		b, err := a.next(ctx)
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			failures++
 			a.failed(err)
+			a.log.Error("device: the outbox failed", "err", err)
 			a.sleep(ctx, a.backoff(failures))
 			continue
 		}
@@ -79,13 +84,18 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			failures++
 			a.failed(out.err)
-			a.log.Debug("device: delivery failed, trying again", "key", key, "err", out.err)
+			level := slog.LevelDebug
+			if failures == 1 {
+				level = slog.LevelInfo // the first of a run of failures
+			}
+			a.log.Log(ctx, level, "device: delivery failed, trying again", "key", key, "failures", failures, "err", out.err)
 			a.sleep(ctx, max(a.backoff(failures), out.retryAfter))
 			continue
 		}
 		if err != nil {
 			failures++
 			a.failed(err)
+			a.log.Error("device: the outbox failed", "err", err)
 			a.sleep(ctx, a.backoff(failures))
 			continue
 		}

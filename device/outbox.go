@@ -115,6 +115,12 @@ func (s *state) drop(reason DropReason, stream string, n int) {
 		return
 	}
 	s.drops[reason] += uint64(n)
+	for i := range s.events {
+		if e := &s.events[i]; e.reason == reason && e.stream == stream {
+			e.readings += n
+			return
+		}
+	}
 	s.events = append(s.events, dropEvent{reason, stream, n})
 }
 
@@ -438,9 +444,10 @@ func (o *outbox) queue(k queueKey) uint32 {
 // with the ops that arrived during the last: two half-full commits in
 // turn. So before it begins a commit, the committer waits for as many
 // readings as the last commit carried plus those that arrived meanwhile,
-// but no longer than half the last commit took: at worst a commit is half
-// as late again, once, when callers go away.
+// but no longer than half the last commit took (and a millisecond): at
+// worst a commit is that much later, once, when callers go away.
 func (o *outbox) run() {
+	const maxGather = time.Millisecond
 	defer close(o.stopped)
 	want, took := 0, time.Duration(0)
 	var timer *time.Timer
@@ -452,7 +459,7 @@ func (o *outbox) run() {
 			o.mu.Lock()
 		}
 		if o.steady < want && !o.closed {
-			deadline := time.Now().Add(took / 2)
+			deadline := time.Now().Add(min(took/2, maxGather))
 			for o.steady < want && !o.closed {
 				wait := time.Until(deadline)
 				if wait <= 0 {

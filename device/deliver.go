@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -45,9 +46,9 @@ type outcome struct {
 func (a *Agent) deliver(ctx context.Context) {
 	defer a.wg.Done()
 	failures := 0
-	var sent time.Time
+	var ready time.Time // when the rate allows the next post
 	for ctx.Err() == nil {
-		if wait := a.cfg.SendInterval - time.Since(sent); wait > 0 {
+		if wait := time.Until(ready); wait > 0 {
 			a.sleep(ctx, wait)
 		}
 		b, err := a.next(ctx)
@@ -68,7 +69,7 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			continue
 		}
-		sent = time.Now()
+		ready = time.Now().Add(a.pace(len(b.rec.body)))
 		out := a.send(ctx, b)
 		key := protocol.Key{Epoch: a.box.epoch, Seq: b.seq}
 		switch {
@@ -112,6 +113,24 @@ func (a *Agent) failed(err error) {
 	a.lastErr = err.Error()
 	a.mu.Unlock()
 }
+
+// pace returns delivery's share of time for posting a body of n bytes
+// at Config.SendRate: one request, or over UDP and DTLS one for each
+// block of it.
+func (a *Agent) pace(n int) time.Duration {
+	if a.cfg.SendRate <= 0 {
+		return 0
+	}
+	requests := 1
+	if strings.HasPrefix(a.cfg.URL, "coap://") || strings.HasPrefix(a.cfg.URL, "coaps://") {
+		requests = max(1, (n+blockSize-1)/blockSize)
+	}
+	return time.Duration(float64(requests) / a.cfg.SendRate * float64(time.Second))
+}
+
+// blockSize is the size of a block of a block-wise upload (Block1, SZX
+// 6), docs/protocol.md 9.
+const blockSize = 1024
 
 // backoff returns the wait after the nth failure in a row: RetryBase
 // doubled n-1 times, capped at RetryMax, less a random part of up to

@@ -91,8 +91,12 @@
 // manifest is not done yet. Anything else (no connection, a timeout, 4.01,
 // 4.29, 5.xx) is retried with the same bytes, after a wait that doubles
 // from Config.RetryBase to Config.RetryMax with jitter, and at least the
-// Max-Age the cloud asked for. [Agent.Close] stops delivery and closes the
-// outbox; [Agent.Drain] waits until it is empty.
+// Max-Age the cloud asked for. Delivery paces itself to Config.SendRate
+// requests a second, counting each 1 KiB block of a batch sent block-wise
+// over UDP or DTLS as the cloud's rate limit counts it, so that a backlog
+// drains steadily rather than in bursts the cloud refuses; readings
+// recorded meanwhile join the next batch. [Agent.Close] stops delivery and
+// closes the outbox; [Agent.Drain] waits until it is empty.
 //
 // # Health
 //

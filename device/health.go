@@ -49,6 +49,8 @@ const (
 	DropUnsupported DropReason = "unsupported-format"
 )
 
+var _ slog.LogValuer = Health{}
+
 // Health is the state of an agent's outbox and delivery.
 type Health struct {
 	// Epoch is the outbox's epoch, the first half of every idempotency

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -74,11 +75,13 @@ func recorder(path string) int {
 	}
 	ctx := context.Background()
 	a, err := device.New(ctx, device.Config{
-		Dir: cc.Dir, Manifest: cc.Manifest, Makers: &makers, Device: id, Secret: cc.Secret, URL: cc.URL,
-		Transport:    transport.ClientConfig{PSK: cc.PSK, Retry: transport.RetryPolicy{Attempts: 2, Timeout: 2 * time.Second}},
-		RetryBase:    20 * time.Millisecond,
-		RetryMax:     250 * time.Millisecond,
-		SendInterval: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Dir:    cc.Dir, Manifest: cc.Manifest, Makers: &makers, Device: id, Secret: cc.Secret, URL: cc.URL,
+		Transport:   transport.ClientConfig{PSK: cc.PSK, Retry: transport.RetryPolicy{Attempts: 2, Timeout: 2 * time.Second}},
+		RetryBase:   20 * time.Millisecond,
+		RetryMax:    250 * time.Millisecond,
+		MaxReadings: 10_000_000,
+		MaxBytes:    1 << 30,
 	})
 	if err != nil {
 		return fail(err)
@@ -166,6 +169,9 @@ func TestKill9(t *testing.T) {
 		for _, n := range lines {
 			acked[n] = true
 		}
+		if stderr.Len() > 0 {
+			t.Errorf("run %d: %s", run, stderr.String())
+		}
 		t.Logf("run %d: %d readings recorded before the kill", run, len(lines))
 	}
 
@@ -174,7 +180,7 @@ func TestKill9(t *testing.T) {
 	must(t, makers.Add(consent.TrustedKey{KID: []byte("maker-1"), Key: k.maker.Public(), Role: consent.ControllerKey}))
 	a := newAgent(t, device.Config{Dir: cc.Dir, Manifest: k.signed, Makers: &makers, Device: m.id, Secret: cc.Secret, URL: c.url,
 		Transport: transport.ClientConfig{PSK: psk, Retry: transport.RetryPolicy{Attempts: 2, Timeout: 2 * time.Second}},
-		RetryBase: 20 * time.Millisecond, RetryMax: 250 * time.Millisecond})
+		RetryBase: 20 * time.Millisecond, RetryMax: 250 * time.Millisecond, MaxReadings: 10_000_000, MaxBytes: 1 << 30})
 	must(t, a.Start())
 	drain(t, a, time.Minute)
 	h := a.Health()
@@ -203,7 +209,10 @@ func TestKill9(t *testing.T) {
 		}
 	}
 	if lost > 0 {
-		t.Fatalf("%d of %d acknowledged readings lost", lost, len(acked))
+		gaps, err := c.node.Store().ListGaps(context.Background(), m.id)
+		must(t, err)
+		t.Fatalf("%d of %d acknowledged readings lost; the cloud holds %d; epoch %d; gaps in the sequence numbers: %+v",
+			lost, len(acked), len(stored), h.Epoch, gaps)
 	}
 	t.Logf("%d kills: Record returned for %d readings; the cloud holds %d, %d of them delivered by the children, %d at the end; %d were durable but killed before they were printed",
 		iterations, len(acked), len(stored), len(stored)-int(h.Delivered), h.Delivered, len(stored)-len(acked))

@@ -69,7 +69,7 @@
 // reading, no stream name, no consent record.
 //
 // Idempotency (docs/protocol.md 6.2): the outbox draws its epoch, a random
-// non-zero 64-bit number, when it is created, and so again whenever it is
+// non-zero 64-bit number, when it is created, and a new one whenever it is
 // lost. Delivery forms a batch from a queue's oldest readings and writes
 // it, with the next sequence number, in the same transaction that takes
 // the readings out of the queue, before it is first sent: a batch keeps its

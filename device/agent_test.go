@@ -3,6 +3,7 @@ package device_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
@@ -334,5 +335,62 @@ func TestShapedAndShared(t *testing.T) {
 		if len(r) != 3 || r["watts"] != 1230.0 || !strings.HasPrefix(serial, "k1:") || serial == "SN-0042" {
 			t.Errorf("stored: %v", r)
 		}
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestLogs: drops are logged as they happen, and a started agent logs
+// its health.
+func TestLogs(t *testing.T) {
+	k := newKeys(t)
+	var out syncBuffer
+	cfg := k.config(t, newMeter(t), t.TempDir(), "")
+	cfg.Logger = slog.New(slog.NewTextHandler(&out, nil))
+	cfg.MaxReadings = 2
+	cfg.HealthInterval = 10 * time.Millisecond
+	a := newAgent(t, cfg)
+	if err := a.Start(); err == nil {
+		t.Fatal("Start without a URL")
+	}
+	for n := range int64(4) {
+		must(t, a.Record(context.Background(), "count", tick(n)))
+	}
+	if s := out.String(); !strings.Contains(s, `msg="device: readings dropped" reason=evicted stream=count readings=1`) {
+		t.Fatalf("log: %s", s)
+	}
+	must(t, a.Close())
+	cfg.Dir, cfg.URL = t.TempDir(), "coaps://127.0.0.1:9"
+	a = newAgent(t, cfg)
+	must(t, a.Start())
+	if err := a.Start(); err == nil {
+		t.Fatal("Start twice")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "device: health") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := out.String(); !strings.Contains(s, `msg="device: health" health.epoch=`) || !strings.Contains(s, "health.queued=0") {
+		t.Fatalf("log: %s", s)
+	}
+	must(t, a.Close())
+	if err := a.Start(); !errors.Is(err, device.ErrClosed) {
+		t.Fatalf("Start after Close: %v", err)
 	}
 }

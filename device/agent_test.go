@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sensible-iot/sensible/cloud"
 	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/device"
+	"github.com/sensible-iot/sensible/transport"
 )
 
 // TestDelivered records readings over a real DTLS-PSK session to a real
@@ -392,5 +394,26 @@ func TestLogs(t *testing.T) {
 	must(t, a.Close())
 	if err := a.Start(); !errors.Is(err, device.ErrClosed) {
 		t.Fatalf("Start after Close: %v", err)
+	}
+}
+
+// TestTokenOverTCP: an agent that proves itself with a device token
+// over coap+tcp:// delivers as one with a pre-shared key does.
+func TestTokenOverTCP(t *testing.T) {
+	k := newKeys(t)
+	c := startCloud(t, k, t.TempDir(), "coaps://127.0.0.1:0")
+	m := c.importMeter()
+	url, err := c.node.Listen("coap+tcp://127.0.0.1:0")
+	must(t, err)
+	cfg := k.config(t, m, t.TempDir(), url)
+	cfg.Transport = transport.ClientConfig{Signer: m.key, Audience: cloud.DefaultTokenAudience}
+	a := newAgent(t, cfg)
+	for n := range int64(20) {
+		must(t, a.Record(context.Background(), "count", tick(n)))
+	}
+	must(t, a.Start())
+	drain(t, a, 20*time.Second)
+	if got := counts(t, c.stored(m, "count")); len(got) != 20 || got[0] != 0 || got[19] != 19 {
+		t.Fatalf("cloud holds %v", got)
 	}
 }

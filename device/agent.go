@@ -1,0 +1,580 @@
+package device
+
+import (
+	"context"
+	"crypto"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/consent/policy"
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/protocol"
+	"github.com/sensible-iot/sensible/transport"
+)
+
+// Defaults for Config's zero fields.
+const (
+	// DefaultMaxReadings bounds the readings the outbox holds.
+	DefaultMaxReadings = 100_000
+	// DefaultMaxBytes bounds the bytes the outbox's readings take,
+	// sealed: 16 MiB.
+	DefaultMaxBytes = 16 << 20
+	// DefaultRetryBase is the first wait before delivery tries again.
+	DefaultRetryBase = time.Second
+	// DefaultRetryMax caps the wait between delivery attempts.
+	DefaultRetryMax = 5 * time.Minute
+	// DefaultHealthInterval is how often a started agent logs its
+	// Health.
+	DefaultHealthInterval = time.Minute
+	// DefaultSendRate is how many requests a second delivery allows
+	// itself: below the reference cloud's limit of 50 a device
+	// (docs/protocol.md 9), leaving room for the device's other
+	// requests.
+	DefaultSendRate = 40
+)
+
+// Config configures an Agent. Dir, Manifest and Makers are required,
+// and so is a device ID (Device or Key) and a secret (Secret, or a
+// software Key); every other zero field has a default.
+type Config struct {
+	// Dir is the directory of the outbox, the file OutboxFile; it is
+	// made (mode 0700) if missing. It must be on storage that keeps
+	// what was synced through a power cut.
+	Dir string
+
+	// Manifest is the product's data manifest as its maker signed it
+	// (policy.Manifest.Sign): what may leave the device, in what form,
+	// for which purposes. Nothing it does not declare is recorded.
+	Manifest []byte
+	// Makers holds the maker's keys, with the controller role, that
+	// sign manifests (from the firmware); the agent runs Manifest only
+	// if one of them signed it.
+	Makers consent.Keys
+
+	// Device is the device's ID; zero means the ID of Key's public key.
+	Device identity.ID
+	// Key is the device's key. When Device is zero it names the device;
+	// when Secret is nil and Key is a software key (*ecdsa.PrivateKey or
+	// ed25519.PrivateKey), the device's secret is its private scalar or
+	// seed. A key in hardware gives no secret: set Secret.
+	Key crypto.Signer
+	// Secret is the device's secret material, at least MinSecret bytes
+	// (32 random bytes written at the factory, say, kept where the
+	// firmware keeps its keys). The key that seals the outbox and the
+	// key of the manifest's pseudonyms are derived from it with HKDF
+	// (RFC 5869), each for its own use. Nil means derived from Key. A
+	// device whose secret changes cannot read its outbox any more
+	// (ErrOutboxCorrupt).
+	Secret []byte
+
+	// Owner is the pseudonymous subject who owns the device, as its
+	// consent records name them; empty while the device has no owner,
+	// when only streams whose legal basis is contract may be recorded.
+	Owner string
+	// ConsentKeys are the keys trusted to sign the owner's consent
+	// records (AddConsent): the owner's app keys, the device's own key,
+	// the maker's controller keys. Nil means no record can be added.
+	ConsentKeys consent.Keys
+
+	// URL is the cloud, a coap://, coaps://, coap+tcp:// or coaps+tcp://
+	// URL; Start needs it.
+	URL string
+	// Transport holds the device's credentials for the cloud (a DTLS
+	// pre-shared key, a token signer, or a certificate) and the
+	// transport's settings. Its Device defaults to the agent's device ID
+	// when PSK is set.
+	Transport transport.ClientConfig
+
+	// MaxReadings bounds the readings the outbox holds, formed batches
+	// included; zero means DefaultMaxReadings.
+	MaxReadings int
+	// MaxBytes bounds the bytes those readings take, sealed; zero means
+	// DefaultMaxBytes. The file itself is larger: bbolt's pages and
+	// their free space.
+	MaxBytes int64
+	// Priorities gives streams a priority; a stream not in the map has
+	// priority 0. When the outbox is full, a new reading makes room by
+	// dropping queued readings of the lowest priority, the oldest first,
+	// but never of a higher priority than its own; when nothing of its
+	// priority or lower is queued, the new reading is refused
+	// (ErrOutboxFull). The map is copied.
+	Priorities map[string]int
+
+	// RetryBase is the first wait before delivery tries again after a
+	// failure; zero means DefaultRetryBase. Waits double with each
+	// failure, up to RetryMax, each shortened by a random part of up to
+	// half (jitter); a 4.29 or 5.03 waits at least its Max-Age.
+	RetryBase time.Duration
+	// RetryMax caps the wait; zero means DefaultRetryMax.
+	RetryMax time.Duration
+	// SendRate is how many requests a second delivery allows itself on
+	// average, counting as the cloud's rate limit does: over coap:// and
+	// coaps:// a batch travels block-wise, and each 1 KiB block is a
+	// request. After each post delivery waits its share (a batch of 64
+	// KiB at 40 a second: 1.6 s), and readings recorded meanwhile join
+	// the next batch. Zero means DefaultSendRate, negative no limit.
+	SendRate float64
+
+	// HealthInterval is how often a started agent logs its Health; zero
+	// means DefaultHealthInterval, negative never.
+	HealthInterval time.Duration
+	// SetAsideCorrupt makes New set a corrupt outbox aside (SetAside)
+	// and start a new one, with a new epoch, rather than fail with
+	// ErrOutboxCorrupt. The readings in it are lost, and New logs so at
+	// the error level.
+	SetAsideCorrupt bool
+	// Logger receives the agent's logs: drops (warning), health (info),
+	// delivery failures (debug); nil discards them.
+	Logger *slog.Logger
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// An Agent records a device's readings and delivers them to the cloud:
+// the manifest decides what may leave and in what form, the owner's
+// consent whether it may leave now, the outbox keeps it through power
+// cuts and outages, and the cloud gets it exactly once. It is safe for
+// concurrent use.
+type Agent struct {
+	cfg      Config
+	id       identity.ID
+	log      *slog.Logger
+	now      func() time.Time
+	manifest *policy.Manifest
+	hash     protocol.Hash
+	enforcer *policy.Enforcer
+	history  *consent.History
+	box      *outbox
+
+	consentMu   sync.Mutex
+	consentIDs  map[consent.ID]bool // records the outbox keeps
+	consentNext uint64
+
+	mu        sync.Mutex
+	started   bool
+	closed    bool
+	closing   chan struct{}
+	cancel    context.CancelFunc
+	lastErr   string
+	localOnly uint64
+	noConsent uint64
+
+	wg     sync.WaitGroup
+	wake   chan struct{}
+	client *transport.Client // the delivery goroutine's
+}
+
+// New opens the agent's outbox in cfg.Dir, creating it with a new epoch
+// if there is none, checks the signed manifest against cfg.Makers, and
+// reloads the consent records the outbox keeps. It does not touch the
+// network: Start begins delivery.
+//
+// A damaged outbox, or one that does not decrypt with the device's
+// secret, fails with an error matching ErrOutboxCorrupt (unless
+// cfg.SetAsideCorrupt); another agent holding it, ErrOutboxLocked; a
+// manifest that does not verify, consent's and policy's errors
+// (consent.ErrBadSignature, policy.ErrNotMaker, ...).
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("device: Config.Dir is empty")
+	}
+	if cfg.Makers == nil || len(cfg.Manifest) == 0 {
+		return nil, errors.New("device: Config.Manifest and Config.Makers are required")
+	}
+	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}), wake: make(chan struct{}, 1)}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	a.cfg.Priorities = maps.Clone(cfg.Priorities)
+	a.cfg.MaxReadings = cmp(cfg.MaxReadings, DefaultMaxReadings)
+	a.cfg.MaxBytes = cmp(cfg.MaxBytes, DefaultMaxBytes)
+	a.cfg.RetryBase = cmp(cfg.RetryBase, DefaultRetryBase)
+	a.cfg.RetryMax = max(cmp(cfg.RetryMax, DefaultRetryMax), a.cfg.RetryBase)
+	a.cfg.HealthInterval = cmp(cfg.HealthInterval, DefaultHealthInterval)
+	a.cfg.SendRate = cmp(cfg.SendRate, DefaultSendRate)
+	if a.id.IsZero() {
+		if cfg.Key == nil {
+			return nil, errors.New("device: Config.Device or Config.Key is required")
+		}
+		var err error
+		if a.id, err = identity.IDOf(cfg.Key); err != nil {
+			return nil, err
+		}
+	}
+	if a.cfg.Transport.PSK != nil && a.cfg.Transport.Device.IsZero() {
+		a.cfg.Transport.Device = a.id
+	}
+	secret, err := secretOf(&a.cfg)
+	if err != nil {
+		return nil, err
+	}
+	boxKey, err := deriveKey(secret, infoOutbox)
+	if err != nil {
+		return nil, err
+	}
+	pseudonyms, err := deriveKey(secret, infoPseudonyms)
+	if err != nil {
+		return nil, err
+	}
+	if a.manifest, err = policy.OpenSigned(ctx, cfg.Manifest, cfg.Makers); err != nil {
+		return nil, err
+	}
+	if a.hash, err = a.manifest.Hash(); err != nil {
+		return nil, err
+	}
+	if a.enforcer, err = policy.NewEnforcer(a.manifest, a.id.String(), pseudonyms); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(cfg.Dir, OutboxFile)
+	priority := func(stream string) int { return a.cfg.Priorities[stream] }
+	a.box, err = openOutbox(path, cfg.Dir, boxKey, a.cfg.MaxReadings, a.cfg.MaxBytes, priority, a.log)
+	if errors.Is(err, ErrOutboxCorrupt) && cfg.SetAsideCorrupt {
+		aside, serr := SetAside(cfg.Dir)
+		if serr != nil {
+			return nil, errors.Join(err, serr)
+		}
+		a.log.Error("device: outbox corrupt: set aside, starting a new one with a new epoch; its readings are lost",
+			"err", err, "set_aside", aside)
+		a.box, err = openOutbox(path, cfg.Dir, boxKey, a.cfg.MaxReadings, a.cfg.MaxBytes, priority, a.log)
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.loadConsent(ctx)
+	return a, nil
+}
+
+// cmp returns v, or def when v is zero.
+func cmp[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// SetAside renames the outbox file in dir, one that New found corrupt,
+// to outbox.db.corrupt-<UTC time>, and returns its new path; it is kept
+// for a post-mortem, never read again. The next New starts a new outbox
+// with a new epoch, so that the sequence numbers it gives out again
+// never collide with ones sent before (docs/protocol.md 6.2). The readings
+// the old outbox held are lost. No agent may have the outbox open.
+func SetAside(dir string) (string, error) {
+	from := filepath.Join(dir, OutboxFile)
+	to := from + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+	if err := os.Rename(from, to); err != nil {
+		return "", err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // make the rename durable where the system allows
+		d.Close()
+	}
+	return to, nil
+}
+
+// ID returns the device's ID.
+func (a *Agent) ID() identity.ID { return a.id }
+
+// ManifestHash returns the hash of the manifest the agent runs, which
+// every batch it sends names.
+func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
+
+// Record records a reading of stream, and returns once it is durable in
+// the outbox, without touching the network. First the manifest shapes it
+// (policy.Enforcer: fields it does not declare are left out, the others
+// transformed); a stream that never leaves the device (no destinations),
+// or a reading of which nothing may leave, is taken and nothing is
+// queued (Health.LocalOnly). Then consent: for each destination of the
+// stream, the stream's consent purpose, and for a partner the partner's,
+// must be covered, for every data category of the reading, by a record
+// of the owner (AddConsent) at the time of the reading (its first
+// timestamp field as shaped, else now), as the cloud will decide; a
+// stream whose legal basis is contract needs none. The reading is queued
+// once for each destination consent allows; destinations it refuses are
+// counted (DropNoConsent).
+//
+// Errors: a *RefusedError matching ErrManifest (with the
+// *policy.Violation) or ErrNoConsent (with the consent.Decision);
+// policy.ErrAggregated for a stream the manifest aggregates over windows,
+// which this agent does not record yet; ErrOutboxFull; ErrReadingTooLarge;
+// an *OutboxError matching ErrDiskFull when the disk is full; ErrClosed.
+// If ctx ends first, Record returns its error, and the reading may or may
+// not be recorded.
+func (a *Agent) Record(ctx context.Context, stream string, reading policy.Reading) error {
+	out, err := a.enforcer.Apply(stream, reading)
+	if err != nil {
+		var v *policy.Violation
+		if errors.As(err, &v) {
+			return &RefusedError{Reason: ErrManifest, Stream: stream, Violation: v}
+		}
+		return err
+	}
+	if out == nil {
+		a.mu.Lock()
+		a.localOnly++
+		a.mu.Unlock()
+		return nil
+	}
+	s, _ := a.manifest.Stream(stream)
+	now := a.now()
+	dests, refusal := a.allowed(s, out, now)
+	if len(dests) == 0 {
+		return refusal
+	}
+	if refusal != nil {
+		a.mu.Lock()
+		a.noConsent += uint64(len(out.Destinations) - len(dests))
+		a.mu.Unlock()
+		a.log.Warn("device: readings dropped", "reason", string(DropNoConsent), "stream", stream, "readings", 1, "why", refusal.Error())
+	}
+	plain, err := appendEntry(nil, now, out.Fields)
+	if err != nil {
+		return err
+	}
+	if len(plain) > maxReadingSize {
+		return fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	items := make([]*item, len(dests))
+	for i, d := range dests {
+		it := &item{key: queueKey{Manifest: a.hash, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}
+		it.queue = a.box.queue(it.key)
+		it.id = a.box.nextID.Add(1) - 1
+		it.val = a.box.seal.seal(nil, a.box.seal.ad(adReading, it.queue, it.id), plain)
+		items[i] = it
+	}
+	if err := a.box.submit(ctx, a.box.putReadings(items), true); err != nil {
+		return err
+	}
+	a.kick()
+	if !slices.ContainsFunc(items, func(it *item) bool { return !it.refused }) {
+		return fmt.Errorf("%w: stream %q (priority %d)", ErrOutboxFull, stream, a.cfg.Priorities[stream])
+	}
+	return nil
+}
+
+// maxReadingSize bounds an encoded reading: one that large still fits a
+// batch with its header.
+const maxReadingSize = protocol.MaxBatchBody - 1024
+
+// kick wakes the delivery goroutine.
+func (a *Agent) kick() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// allowed returns the destinations of out that consent allows, and the
+// refusal of the last one refused, if any.
+func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]policy.Destination, *RefusedError) {
+	at, timed := now, false
+	var cats []string
+	for _, f := range s.Fields {
+		v, ok := out.Fields[f.Name]
+		if !ok {
+			continue
+		}
+		if t, isTime := v.(time.Time); isTime && !timed {
+			at, timed = t, true
+		}
+		if !slices.Contains(cats, f.Category) {
+			cats = append(cats, f.Category)
+		}
+	}
+	q := consent.Query{Device: a.id, At: at}
+	var dests []policy.Destination
+	var refusal *RefusedError
+	for _, d := range out.Destinations {
+		var needs [][2]string // purpose, recipient
+		if !s.Contract && s.Consent != "" {
+			needs = append(needs, [2]string{s.Consent, ""})
+		}
+		if d.To == "partner" && d.Consent != "" {
+			needs = append(needs, [2]string{d.Consent, d.Partner})
+		}
+		if r := a.decide(s.Name, d, needs, cats, q); r != nil {
+			refusal = r
+			continue
+		}
+		dests = append(dests, d)
+	}
+	return dests, refusal
+}
+
+// decide asks the owner's consent history every need for every category,
+// returning the first refusal.
+func (a *Agent) decide(stream string, d policy.Destination, needs [][2]string, cats []string, q consent.Query) *RefusedError {
+	for _, n := range needs {
+		q.Purpose, q.Recipient = n[0], n[1]
+		if a.cfg.Owner == "" || a.history == nil {
+			return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q,
+				Decision: consent.Decision{Reason: consent.ReasonNoConsent}}
+		}
+		for _, c := range cats {
+			q.Category = c
+			if dec := a.history.Decide(q); !dec.Allowed {
+				return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q, Decision: dec}
+			}
+		}
+	}
+	return nil
+}
+
+// AddConsent adds a consent record of the device's owner, signed as
+// consent.Sign makes it, to the records Record decides with, once it
+// verifies against Config.ConsentKeys (consent.Verify) and its signer
+// may record it (consent.History.Add: only the owner's app or device
+// grants and withdraws, only the controller revokes, a record that ends
+// another names one the agent holds). The outbox keeps it, so it counts
+// after a restart too; it returns once that is durable. A withdrawal
+// takes effect for readings recorded after it.
+//
+// Errors match consent's sentinels (consent.ErrBadSignature,
+// consent.ErrUnknownKey, consent.ErrUnknownRecord,
+// consent.ErrRecordConflict, ...), or are the outbox's.
+func (a *Agent) AddConsent(ctx context.Context, signed []byte) error {
+	if a.cfg.ConsentKeys == nil || a.cfg.Owner == "" {
+		return errors.New("device: AddConsent needs Config.ConsentKeys and Config.Owner")
+	}
+	v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
+	if err != nil {
+		return err
+	}
+	a.consentMu.Lock()
+	defer a.consentMu.Unlock()
+	if err := a.history.Add(v); err != nil {
+		return err
+	}
+	if a.consentIDs[v.Record.ID] {
+		return nil
+	}
+	n := a.consentNext
+	if err := a.box.submit(ctx, a.box.putConsent(n, signed), false); err != nil {
+		return err
+	}
+	a.consentNext++
+	a.consentIDs[v.Record.ID] = true
+	return nil
+}
+
+// loadConsent adds the consent records the outbox keeps to the history,
+// in the order they were added. A record that no longer verifies (its
+// key is no longer trusted) is logged and left out.
+func (a *Agent) loadConsent(ctx context.Context) {
+	a.consentIDs = map[consent.ID]bool{}
+	a.consentNext = 1
+	if a.cfg.Owner != "" {
+		a.history = consent.NewHistory(a.cfg.Owner)
+	}
+	for _, kv := range a.box.consent {
+		n := binary.BigEndian.Uint64(kv[0])
+		a.consentNext = max(a.consentNext, n+1)
+		signed, err := a.box.seal.open(nil, a.box.seal.ad(adConsent, 0, n), kv[1])
+		if err != nil {
+			a.log.Error("device: a stored consent record does not decrypt", "n", n)
+			continue
+		}
+		if a.history == nil || a.cfg.ConsentKeys == nil {
+			continue
+		}
+		v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
+		if err == nil {
+			err = a.history.Add(v)
+		}
+		if err != nil {
+			a.log.Warn("device: a stored consent record no longer counts", "n", n, "err", err)
+			continue
+		}
+		a.consentIDs[v.Record.ID] = true
+	}
+	a.box.consent = nil
+}
+
+// Start starts delivery: a goroutine that forms batches of the queued
+// readings and posts them to Config.URL, and one that logs Health every
+// Config.HealthInterval. Close stops them. Start needs Config.URL; it
+// does not wait for the cloud, which delivery dials, and dials again,
+// by itself.
+func (a *Agent) Start() error {
+	if a.cfg.URL == "" {
+		return errors.New("device: Config.URL is empty")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.closed:
+		return ErrClosed
+	case a.started:
+		return errors.New("device: agent already started")
+	}
+	a.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.wg.Add(2)
+	go a.deliver(ctx)
+	go a.reportHealth(ctx)
+	return nil
+}
+
+// Drain waits until the outbox is empty: every reading delivered, or
+// dropped (see Health.Drops). It returns ctx's error if ctx ends first,
+// and ErrClosed if the agent closes. Only a started agent empties its
+// outbox.
+func (a *Agent) Drain(ctx context.Context) error {
+	for {
+		st, changed := a.box.snapshot()
+		if st.readings == 0 {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-a.closing:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close stops delivery, waiting for a batch in flight, lets the writes
+// in progress finish, and closes the outbox. Readings not yet delivered
+// stay in the outbox for the next agent. Close is idempotent.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	close(a.closing)
+	cancel := a.cancel
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	a.wg.Wait()
+	var errs []error
+	if a.client != nil {
+		errs = append(errs, a.client.Close())
+	}
+	errs = append(errs, a.box.close())
+	return errors.Join(errs...)
+}

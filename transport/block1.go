@@ -248,6 +248,33 @@ func (s *Server) releaseHandoff(ss *session, h *handoff) {
 	}
 }
 
+// continuesUpload reports whether m is the next block of an upload in
+// progress on ss: such a block is not charged to the rate limiter, which
+// charged the upload's first block. A block-wise request is many
+// messages, and a limit that counted each would stop a body of more
+// blocks than its burst halfway, again and again. Only a block that
+// moves its upload on is free: a repeated, out-of-order or first block
+// is charged as any request, so the free blocks of one upload are at
+// most its resource's MaxBody over the block size.
+func (s *Server) continuesUpload(ss *session, m *pool.Message, isRequest bool) bool {
+	if !isRequest || !m.HasOption(message.Block1) {
+		return false
+	}
+	v, err := m.GetOptionUint32(message.Block1)
+	if err != nil || v > 0xfffff {
+		return false
+	}
+	b := decodeBlock(v)
+	if b.num == 0 {
+		return false
+	}
+	key := transferKey(m)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	t := ss.transfers[key]
+	return t != nil && int64(b.num)*int64(b.size()) == int64(len(t.buf))
+}
+
 // transferKey names an upload on its connection: method, path and
 // Request-Tag (RFC 9175), which together tell concurrent uploads apart.
 func transferKey(m *pool.Message) string {

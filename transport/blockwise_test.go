@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"testing"
+	"time"
 )
 
 // TestLargeBodies sends and receives 200 KiB bodies on every transport:
@@ -49,6 +50,33 @@ func TestLargeBodies(t *testing.T) {
 			must(t, c.Get(ctx5(t), "/v1/blob", &got))
 			if !bytes.Equal(got, big) {
 				t.Fatalf("GET returned %d bytes, want the %d sent", len(got), len(big))
+			}
+		})
+	}
+}
+
+// TestBlock1RateLimit: an upload of more blocks than the per-peer burst
+// goes through under the rate limit, which charges its first block only.
+func TestBlock1RateLimit(t *testing.T) {
+	for _, scheme := range []string{"coap", "coaps"} {
+		t.Run(scheme, func(t *testing.T) {
+			f := newFixture(t, scheme, ServerConfig{RateLimit: RateLimit{PerSecond: 1, Burst: 3}})
+			must(t, f.srv.Handle(Resource{
+				Path: "/v1/blob", Methods: []Method{POST}, MaxBody: 64 << 10, Public: true,
+				Handler: func(ctx context.Context, r *Request) (any, error) { return len(r.Body), nil },
+			}))
+			c, err := Dial(ctx5(t), f.url, f.config(t, true))
+			must(t, err)
+			defer c.Close()
+			body := make([]byte, 20<<10) // 21 blocks, the burst is 3
+			var n int
+			start := time.Now()
+			must(t, c.Post(ctx5(t), "/v1/blob", body, &n))
+			if n < len(body) {
+				t.Fatalf("the handler saw %d bytes, want %d or more", n, len(body))
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("the upload took %v: its blocks were rate-limited", d)
 			}
 		})
 	}

@@ -70,7 +70,7 @@ func (s *Server) filter(cc conn, m *pool.Message, tcp bool) (drop bool) {
 	// Before it authenticates a peer is its IP address, whatever its
 	// port: a new port is not a new allowance.
 	key, authenticated := ss.limitKey()
-	if !s.limiter.allow(key, now) {
+	if !s.continuesUpload(ss, m, isRequest) && !s.limiter.allow(key, now) {
 		// Over TCP nothing is cached and a dropped request would only
 		// hang the client: every request is answered.
 		if !isRequest || (!tcp && !s.notices.allow(key, now)) {

@@ -72,8 +72,6 @@ func claimError(w http.ResponseWriter, err error) error {
 		return &apiError{http.StatusTooManyRequests, "claim_limited", err.Error()}
 	case errors.Is(err, ErrBadClaim):
 		return &apiError{http.StatusForbidden, "bad_claim", "wrong claim code, or no such device"}
-	case errors.Is(err, ErrOwned):
-		return &apiError{http.StatusConflict, "owned", "the device has another owner"}
 	case errors.Is(err, ErrNotOwner):
 		return &apiError{http.StatusForbidden, "not_owner", "you do not own the device, or there is no such device"}
 	}

@@ -97,9 +97,6 @@ var (
 	// device, or its claimant, made as many attempts as a window allows;
 	// the error is a *ClaimLimitError.
 	ErrClaimLimited = errors.New("cloud: too many claim attempts")
-	// ErrOwned means the device has an owner other than the claimant,
-	// who must release or transfer it first.
-	ErrOwned = errors.New("cloud: the device has another owner")
 	// ErrNotOwner means a transfer was refused because the caller does
 	// not own the device, or there is no such device.
 	ErrNotOwner = errors.New("cloud: not the device's owner")
@@ -236,7 +233,8 @@ func (n *Node) newClaim(ctx context.Context, id identity.ID) (store.Claim, strin
 // hash in constant time; a wrong one, a device without a claim code, a
 // decommissioned device and an unknown one are all ErrBadClaim. A code is
 // used once: the claim that succeeds deletes it. A device that has
-// another owner is ErrOwned; claiming a device the claimant owns already
+// another owner is ErrBadClaim too, so that a claim tells a stranger
+// nothing about a device; claiming a device the claimant owns already
 // succeeds and changes nothing.
 func (n *Node) ClaimDevice(ctx context.Context, claimant string, id identity.ID, code string) error {
 	if claimant == "" {
@@ -273,7 +271,9 @@ func (n *Node) ClaimDevice(ctx context.Context, claimant string, id identity.ID,
 	case d.Owner == claimant:
 		return nil
 	case d.Owner != "":
-		return ErrOwned
+		// Answered as a wrong code: a claim must not tell a stranger
+		// whether a device exists or has an owner.
+		return refuse("owned by another")
 	}
 	c, err := n.store.Claim(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {

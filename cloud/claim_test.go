@@ -231,13 +231,13 @@ func TestAppClaim(t *testing.T) {
 		t.Fatalf("the claim is kept after use: %v", err)
 	}
 	want(t, "the same owner again", e.claim(e.alice, map[string]string{"label": label}), http.StatusOK, "")
-	want(t, "another claimant with the used code", e.claim(e.bob, map[string]string{"label": label}), http.StatusConflict, "owned")
+	want(t, "another claimant with the used code", e.claim(e.bob, map[string]string{"label": label}), http.StatusForbidden, "bad_claim")
 	if e.owner(id) != "subj-alice" {
 		t.Fatalf("owner %q", e.owner(id))
 	}
 	// A code made for a device with an owner does not take it from them.
 	_, label2 := e.createClaim(id)
-	want(t, "another claimant with a good code", e.claim(e.bob, map[string]string{"label": label2}), http.StatusConflict, "owned")
+	want(t, "another claimant with a good code", e.claim(e.bob, map[string]string{"label": label2}), http.StatusForbidden, "bad_claim")
 
 	// Device and code, typed by a person.
 	_, id2 := e.importDevice("acme-aircon-x1")
@@ -419,7 +419,7 @@ func TestAppTransfer(t *testing.T) {
 	if e.owner(id) != "subj-bob" {
 		t.Fatalf("owner %q", e.owner(id))
 	}
-	want(t, "the old owner claims back", e.claim(e.alice, map[string]string{"label": c.Label}), http.StatusConflict, "owned")
+	want(t, "the old owner claims back", e.claim(e.alice, map[string]string{"label": c.Label}), http.StatusForbidden, "bad_claim")
 	want(t, "transfer by the old owner", e.do("POST", path, e.appToken(e.alice), nil), http.StatusForbidden, "not_owner")
 
 	// A decommissioned device is not handed on.
@@ -480,7 +480,7 @@ func TestAppClaimSQLStrings(t *testing.T) {
 		if o := e.owner(id); o != s {
 			t.Errorf("owner %q came back as %q", s, o)
 		}
-		if err := e.n.ClaimDevice(context.Background(), "x", id, s); !errors.Is(err, ErrOwned) {
+		if err := e.n.ClaimDevice(context.Background(), "x", id, s); !errors.Is(err, ErrBadClaim) {
 			t.Errorf("ClaimDevice with code %q: %v", s, err)
 		}
 	}

@@ -33,8 +33,14 @@ func (d *deviceAPI) serveConsent(ctx context.Context, r *transport.Request) (any
 // the device's own key, named by its ID.
 func (d *deviceAPI) postConsent(ctx context.Context, dev store.Device, signed []byte) (any, error) {
 	v, err := consent.Verify(ctx, d.n.keys, signed)
-	if err == nil && string(v.Signer.KID) != dev.ID.String() {
+	switch {
+	case err != nil:
+	case string(v.Signer.KID) != dev.ID.String():
 		err = transport.Errorf(transport.Forbidden, "a device posts only records it signed itself, with its ID as key ID")
+	case len(v.Record.Devices) != 1 || v.Record.Devices[0] != dev.ID:
+		// Consent given on a device's screen speaks for that device: a
+		// device may not grant or withdraw for its owner's others.
+		err = transport.Errorf(transport.Forbidden, "a record captured on a device must name that device alone")
 	}
 	if err != nil {
 		return nil, consentAnswer(err)

@@ -87,6 +87,7 @@ func TestConsentResource(t *testing.T) {
 	// A record captured on the device's own screen, signed by it.
 	mine := powerGrant(f.clock.now())
 	mine.Event.Actor = "device"
+	mine.Devices = []identity.ID{d.id}
 	signed, err := consent.Sign(mine, d.key, []byte(d.id.String()))
 	must(t, err)
 	code, body := f.rawPost(d, "coap+tcp", protocol.ConsentPath, protocol.FormatCOSESign1, nil, signed)
@@ -103,6 +104,14 @@ func TestConsentResource(t *testing.T) {
 	}
 	if l = next("the device's own record"); len(l.Records) != 1 {
 		t.Fatalf("after the device's own grant: %d records, want it alone", len(l.Records))
+	}
+	// Signed by the device, for all the owner's devices: refused.
+	forAll := powerGrant(f.clock.now())
+	forAll.Event.Actor = "device"
+	wide, err := consent.Sign(forAll, d.key, []byte(d.id.String()))
+	must(t, err)
+	if code, _ := f.rawPost(d, "coap+tcp", protocol.ConsentPath, protocol.FormatCOSESign1, nil, wide); code != transport.Forbidden {
+		t.Fatalf("a device's record for all the owner's devices: %v, want 4.03", code)
 	}
 	// Signed by the app, posted by the device: not the device's to post.
 	byApp, err := consent.Sign(powerGrant(f.clock.now()), f.app, []byte("app-1"))

@@ -787,7 +787,9 @@ func settingsCBOR(m map[string]any) ([]byte, error) {
 			return nil, badRequest("setting %q: settings are booleans, numbers and strings, not %s", k, jsonKind(v))
 		}
 	}
-	b, err := s.MarshalCBOR()
+	// As the device will decode them: a document it could not read (too
+	// many settings, say) is refused here, not stored.
+	b, err := encodeSettings("settings", s)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sensible-iot/sensible/cloud"
+	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/device/identity"
 	"github.com/sensible-iot/sensible/internal/codec"
@@ -130,5 +131,42 @@ func TestConsentResource(t *testing.T) {
 	}
 	if err := c.Post(ctx, protocol.ConsentPath, "not COSE", nil); codeOf(err) != transport.UnsupportedFormat {
 		t.Fatalf("a CBOR body: %v, want 4.15", err)
+	}
+}
+
+// TestConsentAfterSignerGone: records stand as they were accepted when
+// their signer's key is no longer trusted. A grant the device captured
+// itself can still be withdrawn by the owner after the device is
+// suspended, and a node that builds the owner's history afresh decides
+// with both; after the owner's app key is removed, its grant still allows
+// what it allowed, on a fresh node too.
+func TestConsentAfterSignerGone(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "sqlite", cloud.Config{})
+	d := f.importDevice(aircon)
+	mine := powerGrant(f.clock.now().Add(-2 * time.Hour))
+	mine.Event.Actor = "device"
+	mine.Devices = []identity.ID{d.id}
+	signed, err := consent.Sign(mine, d.key, []byte(d.id.String()))
+	must(t, err)
+	if code, _ := f.rawPost(d, "coap+tcp", protocol.ConsentPath, protocol.FormatCOSESign1, nil, signed); code != transport.Created {
+		t.Fatalf("the device's own grant: %v", code)
+	}
+	must(t, f.node.SetStanding(ctx, d.id, store.Suspended, "test"))
+	f.give(consent.Withdraw(mine, f.clock.now().Add(-time.Hour), "subject:app"))
+
+	other := f.importDevice(aircon)
+	fresh := f.another(cloud.Config{})
+	c := fresh.dial(other, "coaps")
+	if _, err := post(t, c, fresh.power(other, 1, 2)); codeOf(err) != transport.Forbidden {
+		t.Fatalf("a batch without consent, on a node that built the history afresh: %v, want 4.03", err)
+	}
+
+	f.give(powerGrant(f.clock.now().Add(-30 * time.Minute)))
+	must(t, f.st.RemoveAppKey(ctx, []byte("app-1"), f.clock.now()))
+	f.clock.add(2 * time.Hour) // readings after the grant, coarsened to the hour as they are
+	fresh2 := f.another(cloud.Config{})
+	if _, err := post(t, fresh2.dial(other, "coaps"), fresh2.power(other, 2, 2)); err != nil {
+		t.Fatalf("a batch under a grant whose app key was removed since: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sensible-iot/sensible/cloud/store"
 	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/device/identity"
 )
 
 // historyCacheSize bounds the subjects whose consent history a node keeps
@@ -100,16 +102,20 @@ func newHistory(subject string) *history {
 // sync brings the history up to the records the store holds now, recs:
 // it adds those that came after the ones it holds, or builds it again if
 // they are not the ones it holds (another node's records, committed in
-// another order). A record that no longer verifies (its signer's key was
-// removed, its device no longer active) or that the history refuses
-// fails the whole history: the records left could allow what the missing
-// one withdrew.
+// another order). A record whose signer's key is no longer trusted (an
+// app key removed, a device reset, suspended or handed on) still stands
+// as it was accepted (see accepted); one that does not decode, or that
+// the history refuses, fails the whole history: the records left could
+// allow what the missing one withdrew.
 func (h *history) sync(ctx context.Context, keys consent.Keys, recs []store.ConsentRecord) error {
 	if len(recs) < len(h.ids) || !slices.EqualFunc(h.ids, recs[:len(h.ids)], func(id consent.ID, r store.ConsentRecord) bool { return id == r.ID }) {
 		h.h, h.ids = consent.NewHistory(h.subject), nil
 	}
 	for _, r := range recs[len(h.ids):] {
 		v, err := consent.Verify(ctx, keys, r.Signed)
+		if errors.Is(err, consent.ErrUnknownKey) {
+			v, err = accepted(ctx, keys, r.Signed)
+		}
 		if err == nil {
 			err = h.h.Add(v)
 		}
@@ -120,6 +126,28 @@ func (h *history) sync(ctx context.Context, keys consent.Keys, recs []store.Cons
 		h.ids = append(h.ids, r.ID)
 	}
 	return nil
+}
+
+// accepted returns a stored record whose signer's key is no longer
+// trusted as the node accepted it: its signature was checked then, before
+// it was stored. The signer is known by its key ID: a controller's, a
+// device's (its ID) or else an app's, of the record's subject; its key is
+// left out (exports list no key for it).
+func accepted(ctx context.Context, keys consent.Keys, signed []byte) (*consent.Verified, error) {
+	r, kid, err := consent.DecodeAccepted(signed)
+	if err != nil {
+		return nil, err
+	}
+	signer := consent.TrustedKey{KID: kid, Role: consent.SubjectKey, Subject: r.Subject}
+	if k, ok := keys.(*Keys); ok {
+		if c, err := k.controllers.LookupKey(ctx, kid); err == nil {
+			signer = c
+		}
+	}
+	if id, err := identity.ParseID(string(kid)); err == nil && id.String() == string(kid) && signer.Role != consent.ControllerKey {
+		signer.Role = consent.DeviceKey
+	}
+	return &consent.Verified{Record: r, Signer: signer, Raw: signed}, nil
 }
 
 // histories keeps the consent histories of the subjects used most

@@ -146,34 +146,37 @@ const (
 	labelKID  = 4
 )
 
-// verifySign1 verifies a COSE_Sign1 message, tagged (18) or untagged,
-// whose key keys finds by its kid; it returns the payload and the key.
-//
-// The message is first parsed here, with our strict and bounded decoder
-// (go-cose decodes with the CBOR library's default limits, and this is
-// network input): integer header labels only, no critical headers, no
-// label in both buckets, a key ID, and an alg header, wherever it is,
-// that agrees with the algorithm the key's type pins. The signature is
-// then checked by go-cose over the message's own protected bytes.
-func verifySign1(ctx context.Context, data, external []byte, keys Keys, dec *codec.Decoder) ([]byte, TrustedKey, error) {
+// A parsedSign1 is a COSE_Sign1 message parsed and checked by parseSign1,
+// its signature not yet checked.
+type parsedSign1 struct {
+	m            sign1
+	protected    map[int64]cbor.RawMessage
+	rawProtected []byte // the protected header as the Sig_structure has it
+	kid          []byte
+}
+
+// parseSign1 parses a COSE_Sign1 message, tagged (18) or untagged, with
+// dec, and checks its headers: integer labels, none both protected and
+// not, no critical headers, a key ID.
+func parseSign1(data []byte, dec *codec.Decoder) (*parsedSign1, error) {
 	if len(data) > dec.Limits().MaxBody {
-		return nil, TrustedKey{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
+		return nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
 	body, err := stripSign1Tag(data)
 	if err != nil {
-		return nil, TrustedKey{}, err
+		return nil, err
 	}
 	var m sign1
 	if err := dec.Unmarshal(body, &m); err != nil {
-		return nil, TrustedKey{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if m.Payload == nil {
-		return nil, TrustedKey{}, fmt.Errorf("%w: detached payload", ErrMalformed)
+		return nil, fmt.Errorf("%w: detached payload", ErrMalformed)
 	}
 	protected := map[int64]cbor.RawMessage{}
 	if len(m.Protected) > 0 {
 		if err := coseDecoder.Unmarshal(m.Protected, &protected); err != nil {
-			return nil, TrustedKey{}, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
+			return nil, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
 		}
 	}
 	rawProtected := appendHead(make([]byte, 0, len(m.Protected)+9), 2, uint64(len(m.Protected)), m.Protected...)
@@ -185,11 +188,11 @@ func verifySign1(ctx context.Context, data, external []byte, keys Keys, dec *cod
 	}
 	for label := range protected {
 		if _, dup := m.Unprotected[label]; dup {
-			return nil, TrustedKey{}, fmt.Errorf("%w: header %d both protected and not", ErrMalformed, label)
+			return nil, fmt.Errorf("%w: header %d both protected and not", ErrMalformed, label)
 		}
 	}
 	if _, crit := protected[labelCrit]; crit {
-		return nil, TrustedKey{}, fmt.Errorf("%w: critical headers are not supported", ErrMalformed)
+		return nil, fmt.Errorf("%w: critical headers are not supported", ErrMalformed)
 	}
 	var kid []byte
 	raw, ok := protected[labelKID]
@@ -197,8 +200,47 @@ func verifySign1(ctx context.Context, data, external []byte, keys Keys, dec *cod
 		raw, ok = m.Unprotected[labelKID]
 	}
 	if !ok || coseDecoder.Unmarshal(raw, &kid) != nil {
-		return nil, TrustedKey{}, fmt.Errorf("%w: no key ID", ErrUnknownKey)
+		return nil, fmt.Errorf("%w: no key ID", ErrUnknownKey)
 	}
+	return &parsedSign1{m: m, protected: protected, rawProtected: rawProtected, kid: kid}, nil
+}
+
+// DecodeAccepted decodes a signed record without checking its signature,
+// and returns it with the key ID that signed it. It is for a party that
+// checked the signature when it accepted the record, and reads it back
+// from its own store after the signer's key is no longer trusted (an app
+// key removed, a device reset): the record still stands, as accepted.
+// Never use it on a record from anywhere else; Verify is for those.
+func DecodeAccepted(msg []byte) (*Record, []byte, error) {
+	ps, err := parseSign1(msg, coseDecoder)
+	if err != nil {
+		return nil, nil, err
+	}
+	var r Record
+	if err := recordDecoder.Unmarshal(ps.m.Payload, &r); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := r.check(); err != nil {
+		return nil, nil, err
+	}
+	return &r, ps.kid, nil
+}
+
+// verifySign1 verifies a COSE_Sign1 message, tagged (18) or untagged,
+// whose key keys finds by its kid; it returns the payload and the key.
+//
+// The message is first parsed here, with our strict and bounded decoder
+// (go-cose decodes with the CBOR library's default limits, and this is
+// network input): integer header labels only, no critical headers, no
+// label in both buckets, a key ID, and an alg header, wherever it is,
+// that agrees with the algorithm the key's type pins. The signature is
+// then checked by go-cose over the message's own protected bytes.
+func verifySign1(ctx context.Context, data, external []byte, keys Keys, dec *codec.Decoder) ([]byte, TrustedKey, error) {
+	ps, err := parseSign1(data, dec)
+	if err != nil {
+		return nil, TrustedKey{}, err
+	}
+	m, protected, rawProtected, kid := ps.m, ps.protected, ps.rawProtected, ps.kid
 	key, err := keys.LookupKey(ctx, kid)
 	if err != nil {
 		return nil, TrustedKey{}, err

@@ -129,6 +129,9 @@ func (h *History) Export(ctx context.Context, log LogProver, logKey string) (*Ex
 	}
 	h.mu.RUnlock()
 	for _, k := range keys {
+		if k.Key == nil {
+			continue // a signer known only by its key ID (see DecodeAccepted)
+		}
 		der, err := x509.MarshalPKIXPublicKey(k.Key)
 		if err != nil {
 			return nil, err

@@ -281,3 +281,22 @@ func TestVerifyStrictHeaders(t *testing.T) {
 		t.Errorf("text header label: %v", err)
 	}
 }
+
+// TestDecodeAccepted: a stored record decodes with its key ID without any
+// key, its signature unchecked; what is not a record is ErrMalformed.
+func TestDecodeAccepted(t *testing.T) {
+	k := newKeyring(t, identity.Ed25519)
+	r := testRecord()
+	msg, err := Sign(r, k.app, []byte("app-1"))
+	must(t, err)
+	got, kid, err := DecodeAccepted(msg)
+	must(t, err)
+	if got.ID != r.ID || string(kid) != "app-1" {
+		t.Fatalf("decoded %s signed by %q", got.ID, kid)
+	}
+	for _, bad := range [][]byte{nil, []byte("'; DROP TABLE consent_records; --"), msg[:len(msg)/2]} {
+		if _, _, err := DecodeAccepted(bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%x: %v, want ErrMalformed", bad, err)
+		}
+	}
+}

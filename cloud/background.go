@@ -17,12 +17,15 @@ const (
 	// topicChanges carries "<resource path> <device ID>" for a change to
 	// what a device observes (see changed).
 	topicChanges = "device.changes"
+	// topicConsent carries a subject whose consent records changed, for
+	// the /v1/consent observers of all its devices (consentChanged).
+	topicConsent = "subject.consent"
 )
 
 // startBackground starts the node's own goroutines, which Close stops: the
 // listener for standing changes made on other nodes, and the sweeper.
 func (n *Node) startBackground(ctx context.Context) error {
-	sub, err := n.store.Notifier().Listen(ctx, topicStanding, topicChanges)
+	sub, err := n.store.Notifier().Listen(ctx, topicStanding, topicChanges, topicConsent)
 	if err != nil {
 		return err
 	}
@@ -68,6 +71,8 @@ func (n *Node) follow(ctx context.Context, sub *store.Subscription) {
 			if err == nil && d.Standing != store.Active {
 				n.srv.Revoke(id)
 			}
+		case msg.Topic == topicConsent:
+			n.notifySubject(ctx, string(msg.Payload))
 		case msg.Topic == topicChanges:
 			path, dev, ok := strings.Cut(string(msg.Payload), " ")
 			id, err := identity.ParseID(dev)

@@ -157,9 +157,20 @@ func (d *deviceAPI) notifyConsents(ctx context.Context, id identity.ID) error {
 	return err
 }
 
-// consentChanged tells the observers of every device the subject owns
-// that its consent list changed.
+// consentChanged tells the observers of every device the subject owns, on
+// every node, that their consent lists changed: one notification for the
+// subject (a subject may own many devices), which each node turns into
+// one for each of the subject's devices it serves (notifySubject).
 func (n *Node) consentChanged(ctx context.Context, subject string) {
+	if err := n.store.Notifier().Notify(context.WithoutCancel(ctx), topicConsent, []byte(subject)); err != nil {
+		n.log.Warn("cloud: publishing a consent change", "err", err)
+		n.notifySubject(ctx, subject)
+	}
+}
+
+// notifySubject notifies this node's observers of /v1/consent of every
+// device the subject owns.
+func (n *Node) notifySubject(ctx context.Context, subject string) {
 	var page store.Page
 	for {
 		devs, err := n.store.ListDevicesByOwner(ctx, subject, page)
@@ -168,9 +179,9 @@ func (n *Node) consentChanged(ctx context.Context, subject string) {
 			return
 		}
 		for _, d := range devs {
-			n.changed(ctx, protocol.ConsentPath, d.ID)
+			n.notify(ctx, protocol.ConsentPath, d.ID)
 		}
-		if len(devs) == 0 || len(devs) < store.MaxList {
+		if len(devs) < store.MaxList {
 			return
 		}
 		page.After = devs[len(devs)-1].ID

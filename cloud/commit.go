@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -92,9 +93,7 @@ func (c *committer) commit(ctx context.Context) {
 	for i, p := range group {
 		batches[i] = p.batch
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
-	results, err := c.st.StoreBatches(ctx, batches)
-	cancel()
+	results, err := c.storeGroup(ctx, batches)
 	for i, p := range group {
 		if err != nil {
 			p.err = err
@@ -119,4 +118,22 @@ func (c *committer) commit(ctx context.Context) {
 	if next != nil {
 		next.wake <- struct{}{}
 	}
+}
+
+// storeGroup stores a group in one transaction. A store that panics fails
+// the group instead of the process, and the turn still passes on: the
+// batches waiting behind it would otherwise wait for good.
+func (c *committer) storeGroup(ctx context.Context, batches []store.Batch) (results []store.BatchResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			results, err = nil, fmt.Errorf("cloud: the store failed storing %d batches: %v", len(batches), r)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	results, err = c.st.StoreBatches(ctx, batches)
+	if err == nil && len(results) != len(batches) {
+		err = fmt.Errorf("cloud: the store answered %d results for %d batches", len(results), len(batches))
+	}
+	return results, err
 }

@@ -129,3 +129,35 @@ func TestCloseLeavesNothing(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// panicStore panics in its first StoreBatches.
+type panicStore struct {
+	store.Store
+	once sync.Once
+}
+
+func (s *panicStore) StoreBatches(ctx context.Context, bs []store.Batch) ([]store.BatchResult, error) {
+	s.once.Do(func() { panic("a store that broke") })
+	return s.Store.StoreBatches(ctx, bs)
+}
+
+// TestCommitSurvivesAPanic: a store that panics fails its batch with 5.00
+// instead of the process, and the next batch is stored: the turn to
+// commit still passes on.
+func TestCommitSurvivesAPanic(t *testing.T) {
+	f := newFixture(t, "sqlite", cloud.Config{Store: &panicStore{Store: stores["sqlite"](t)}})
+	d := f.importDevice(aircon)
+	f.give(powerGrant(f.clock.now().Add(-24 * time.Hour)))
+	c := f.dial(d, "coaps")
+	if _, err := post(t, c, f.power(d, 1, 2)); codeOf(err) != transport.InternalServerError {
+		t.Fatalf("a batch the store panicked on: %v, want 5.00", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := post(t, c, f.power(d, 2, 2)); done <- err }()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the next batch waits for good after a store panicked")
+	}
+}

@@ -68,8 +68,8 @@
 //
 // [Node.Sweep] deletes the readings that their manifest's retention, or
 // the shorter retention of the consent that allowed them, no longer lets
-// the cloud keep. The node does not sweep by itself: its owner calls
-// Sweep now and then.
+// the cloud keep. The node sweeps every Config.SweepInterval (a minute
+// by default), and Sweep may be called any time.
 //
 // # Owners
 //

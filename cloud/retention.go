@@ -17,8 +17,8 @@ import (
 // first. Batches stay, so that a batch sent again is still known as
 // one.
 //
-// A node does not sweep by itself: call Sweep now and then, say once an
-// hour; several nodes may sweep one store at once. A manifest that
+// A node sweeps every Config.SweepInterval by itself, and Sweep may be
+// called any time; several nodes may sweep one store at once. A manifest that
 // cannot be checked any more is skipped, and its error returned with
 // the others once the rest is swept.
 func (n *Node) Sweep(ctx context.Context) (int64, error) {

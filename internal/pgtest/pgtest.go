@@ -55,6 +55,10 @@ const (
 	// EnvBinDir names the directory holding initdb and pg_ctl; when it is
 	// set, no other place is searched.
 	EnvBinDir = "SENSIBLE_TEST_POSTGRES_BINDIR"
+	// EnvRequired, set to 1, makes a test without PostgreSQL fail rather
+	// than skip: CI sets it, so that the PostgreSQL tests cannot pass by
+	// not running.
+	EnvRequired = "SENSIBLE_TEST_POSTGRES_REQUIRED"
 )
 
 // binGlob is where Debian installs each PostgreSQL version's programs.
@@ -130,6 +134,8 @@ func NewDatabase(t testing.TB) string {
 	switch {
 	case state.err != nil:
 		t.Fatalf("pgtest: %v", state.err)
+	case state.srv == nil && os.Getenv(EnvRequired) == "1":
+		t.Fatalf("pgtest: %s is set, and %s", EnvRequired, state.skip)
 	case state.srv == nil:
 		t.Skip(state.skip)
 	}

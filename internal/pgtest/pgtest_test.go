@@ -120,7 +120,7 @@ func TestSkip(t *testing.T) {
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestSkip$", "-test.v")
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, EnvURL+"=") && !strings.HasPrefix(kv, EnvBinDir+"=") && !strings.HasPrefix(kv, "PATH=") {
+		if !strings.HasPrefix(kv, EnvURL+"=") && !strings.HasPrefix(kv, EnvBinDir+"=") && !strings.HasPrefix(kv, EnvRequired+"=") && !strings.HasPrefix(kv, "PATH=") {
 			env = append(env, kv)
 		}
 	}

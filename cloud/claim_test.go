@@ -168,7 +168,7 @@ func TestClaimLabel(t *testing.T) {
 		ClaimLabelPrefix + id.String() + ":" + code + "0",
 		ClaimLabelPrefix + id.String() + ":" + code[:25] + "U",
 		ClaimLabelPrefix + id.String() + ":" + code + ":" + code,
-		ClaimLabelPrefix + id.String()[:26] + "0:" + code, // check character
+		ClaimLabelPrefix + id.String()[:26] + wrongCheck(id.String()[26]) + ":" + code, // check character
 		ClaimLabelPrefix + ":" + code,
 		ClaimLabelPrefix + id.String() + ":" + strings.Repeat("0", 300),
 	}
@@ -494,4 +494,12 @@ func TestAppClaimSQLStrings(t *testing.T) {
 			t.Errorf("devices of %q: %+v", s, l.Devices)
 		}
 	}
+}
+
+// wrongCheck returns a check character other than c.
+func wrongCheck(c byte) string {
+	if c == '0' {
+		return "1"
+	}
+	return "0"
 }

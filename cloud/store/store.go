@@ -43,6 +43,10 @@ type Manifests interface {
 	// ListManifests returns a model's manifests, oldest first (by Added,
 	// then hash); none for an unknown model.
 	ListManifests(ctx context.Context, model string) ([]Manifest, error)
+	// NewestManifest returns the model's manifest that ListManifests
+	// would list last, reading no other; a model without any is
+	// ErrNotFound.
+	NewestManifest(ctx context.Context, model string) (Manifest, error)
 }
 
 // Devices keeps the device registry.

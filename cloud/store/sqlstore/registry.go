@@ -84,6 +84,12 @@ func (s *Store) ListManifests(ctx context.Context, model string) ([]store.Manife
 	return collect(ctx, s.db, scanManifest, selectManifest+` WHERE model = $1 ORDER BY added, hash`, model)
 }
 
+// NewestManifest implements store.Manifests.
+func (s *Store) NewestManifest(ctx context.Context, model string) (store.Manifest, error) {
+	m, err := scanManifest(s.db.QueryRowContext(ctx, selectManifest+` WHERE model = $1 ORDER BY added DESC, hash DESC LIMIT 1`, model))
+	return m, noRows(err, "manifest of model %q", model)
+}
+
 // CreateDevice implements store.Devices.
 func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
 	if err := checkID("device ID", d.ID.IsZero()); err != nil {

@@ -59,6 +59,11 @@ func testManifests(t *testing.T, s store.Store) {
 	list, err = s.ListManifests(ctx, "empty")
 	ok(t, err, "ListManifests")
 	same(t, len(list), 0, "manifests of a model without any")
+	got, err = s.NewestManifest(ctx, "m")
+	ok(t, err, "NewestManifest")
+	same(t, got, newer, "NewestManifest")
+	_, err = s.NewestManifest(ctx, "empty")
+	is(t, err, store.ErrNotFound, "NewestManifest of a model without any")
 }
 
 func testDevices(t *testing.T, s store.Store) {

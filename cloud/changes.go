@@ -29,7 +29,7 @@ func (n *Node) stateResources() []transport.Resource {
 		{Path: protocol.StatePath, Methods: both, Handler: n.serveState, MaxBody: protocol.MaxBody,
 			Attributes: []string{`rt="sensible.state"`}, Observable: true},
 		{Path: protocol.CommandsPath, Methods: both, Handler: n.serveCommands, MaxBody: protocol.MaxBody,
-			Attributes: []string{`rt="sensible.commands"`}, Observable: true},
+			Attributes: []string{`rt="sensible.commands"`}, Observable: true, ConfirmNotifications: true},
 	}
 }
 

@@ -406,3 +406,43 @@ func TestHostileRevokeDuringHandshake(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "no session of the revoked device", func() bool { return len(f.srv.devs.sessions(f.dev)) == 0 })
 }
+
+// TestConfirmNotifications: a resource with ConfirmNotifications sends
+// every notification confirmable over UDP while the last is acknowledged;
+// one without sends most non-confirmable.
+func TestConfirmNotifications(t *testing.T) {
+	f := observeFixture(t, ServerConfig{})
+	must(t, f.srv.Handle(Resource{Path: "/v1/cmds", Public: true, Observable: true, ConfirmNotifications: true,
+		Handler: func(ctx context.Context, r *Request) (any, error) { return 0, nil }}))
+	p := newRawPeer(t, f, "")
+	for _, c := range []struct {
+		path string
+		want message.Type
+	}{{"/v1/cmds", message.Confirmable}, {"/v1/obs", message.NonConfirmable}} {
+		tok := []byte(c.path)
+		p.call(msg{code: codes.GET, path: c.path, token: tok, opts: []message.Option{uintOption(message.Observe, 0)}})
+		for i := range 3 {
+			if _, err := f.srv.Notify(ctx5(t), c.path, identity.ID{}, i+1); err != nil {
+				t.Fatal(err)
+			}
+			var got message.Message
+			for {
+				r, ok := p.recv(3 * time.Second)
+				if !ok {
+					t.Fatalf("%s: notification %d did not come", c.path, i+1)
+				}
+				if string(r.Token) == string(tok) {
+					got = r
+					break
+				}
+			}
+			if got.Type != c.want {
+				t.Fatalf("%s: notification %d is %v, want %v", c.path, i+1, got.Type, c.want)
+			}
+			if got.Type == message.Confirmable {
+				p.send(msg{typ: message.Acknowledgement, code: codes.Empty, mid: got.MessageID})
+				time.Sleep(20 * time.Millisecond) // the ACK is taken before the next is sent
+			}
+		}
+	}
+}

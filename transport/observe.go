@@ -27,6 +27,7 @@ type observer struct {
 	token string
 	dev   identity.ID
 	udp   bool
+	every bool // every notification confirmable (Resource.ConfirmNotifications)
 
 	mu      sync.Mutex
 	seq     uint32
@@ -94,7 +95,7 @@ func (s *Server) observe(conn mux.Conn, r *mux.Message, code Code) (uint32, bool
 			return 0, false
 		}
 		const first = 1
-		o := &observer{conn: conn, path: path, token: token, dev: sessionOf(conn).get(), seq: first, udp: isUDP(conn), lastCON: time.Now()}
+		o := &observer{conn: conn, path: path, token: token, dev: sessionOf(conn).get(), seq: first, udp: isUDP(conn), every: rt.ConfirmNotifications, lastCON: time.Now()}
 		if !s.obs.add(o, s.cfg.MaxObservations) {
 			return 0, false
 		}
@@ -379,7 +380,7 @@ func (s *Server) notify(ctx context.Context, ob *observer, body []byte) error {
 	ob.seq = (ob.seq + 1) & 0xffffff // 24-bit sequence numbers (RFC 7641 §4.4)
 	seq := ob.seq
 	ob.sent++
-	confirm := ob.udp && !ob.pending && (ob.sent%confirmEvery == 0 || now.Sub(ob.lastCON) >= confirmAfter)
+	confirm := ob.udp && !ob.pending && (ob.every || ob.sent%confirmEvery == 0 || now.Sub(ob.lastCON) >= confirmAfter)
 	if confirm {
 		ob.pending = true
 	}

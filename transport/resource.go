@@ -150,6 +150,13 @@ type Resource struct {
 	// Server.Notify sends the next ones. Keep observed values small:
 	// notifications are not sent block-wise.
 	Observable bool
+	// ConfirmNotifications makes every notification of the resource
+	// confirmable over UDP and DTLS (RFC 7641 section 4.5), for values a
+	// device must not miss (a command), where most are non-confirmable
+	// otherwise. One is in flight at a time per observer: a notification
+	// sent while the last is unacknowledged goes non-confirmable, and the
+	// next carries the whole value again.
+	ConfirmNotifications bool
 }
 
 type route struct {

@@ -194,7 +194,7 @@ func run(ctx context.Context, w io.Writer, dir string, n int) error {
 	// takes it.
 	grant := consent.Grant(consent.GrantParams{
 		Subject: owner, Controller: "acme", At: now.Add(-2 * time.Hour), Actor: "subject:app",
-		Notice: consent.Notice{ID: "energy-tips", Version: 1, Language: "en", Hash: consent.HashText([]byte("We use your air conditioner's power readings to send you energy tips."))},
+		Notice:    consent.Notice{ID: "energy-tips", Version: 1, Language: "en", Hash: consent.HashText([]byte("We use your air conditioner's power readings to send you energy tips."))},
 		Processes: []consent.Process{{Purpose: "analytics", Categories: []string{"device.usage", "device.sensor.power"}, LegalBasis: "consent", Retention: 365 * 24 * 3600}},
 		Devices:   []identity.ID{id},
 	})

@@ -3,7 +3,6 @@ package device
 import (
 	"context"
 	"crypto"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,9 +79,11 @@ type Config struct {
 	// consent records name them; empty while the device has no owner,
 	// when only streams whose legal basis is contract may be recorded.
 	Owner string
-	// ConsentKeys are the keys trusted to sign the owner's consent
-	// records (AddConsent): the owner's app keys, the device's own key,
-	// the maker's controller keys. Nil means no record can be added.
+	// ConsentKeys are keys trusted to sign the owner's consent records,
+	// besides the device's own key (Key, under the device ID as key ID)
+	// and the maker's keys (Makers), which are trusted anyway: the owner's
+	// app keys, say, for AddConsent. May be nil: the cloud's consent list
+	// carries the app keys that signed its records (AddConsents).
 	ConsentKeys consent.Keys
 
 	// URL is the cloud, a coap://, coaps://, coap+tcp:// or coaps+tcp://
@@ -152,11 +153,12 @@ type Agent struct {
 	manifest *policy.Manifest
 	hash     protocol.Hash
 	enforcer *policy.Enforcer
-	history  *consent.History
+	history  *consent.History // nil without an owner
+	trusted  keyChain         // the keys trusted to sign consent, by the device itself
 	box      *outbox
 
 	consentMu   sync.Mutex
-	consentIDs  map[consent.ID]bool // records the outbox keeps
+	kept        map[consent.ID]*keptConsent // the records the outbox keeps
 	consentNext uint64
 
 	mu        sync.Mutex
@@ -167,10 +169,13 @@ type Agent struct {
 	lastErr   string
 	localOnly uint64
 	noConsent uint64
+	// when the last consent list came from the cloud
+	consentList time.Time
 
-	wg     sync.WaitGroup
-	wake   chan struct{}
-	client *transport.Client // the delivery goroutine's
+	wg      sync.WaitGroup
+	wake    chan struct{}
+	dialing chan struct{}     // held while dialing the cloud
+	client  *transport.Client // shared by delivery and the observations, once dialed
 }
 
 // New opens the agent's outbox in cfg.Dir, creating it with a new epoch
@@ -190,7 +195,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Makers == nil || len(cfg.Manifest) == 0 {
 		return nil, errors.New("device: Config.Manifest and Config.Makers are required")
 	}
-	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}), wake: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}),
+		wake: make(chan struct{}, 1), dialing: make(chan struct{}, 1)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -226,6 +232,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	pseudonyms, err := deriveKey(secret, infoPseudonyms)
 	if err != nil {
+		return nil, err
+	}
+	if a.trusted, err = trustedKeys(&a.cfg, a.id.String()); err != nil {
 		return nil, err
 	}
 	if a.manifest, err = policy.OpenSigned(ctx, cfg.Manifest, cfg.Makers); err != nil {
@@ -438,80 +447,12 @@ func (a *Agent) decide(stream string, d policy.Destination, needs [][2]string, c
 	return nil
 }
 
-// AddConsent adds a consent record of the device's owner, signed as
-// consent.Sign makes it, to the records Record decides with, once it
-// verifies against Config.ConsentKeys (consent.Verify) and its signer
-// may record it (consent.History.Add: only the owner's app or device
-// grants and withdraws, only the controller revokes, a record that ends
-// another names one the agent holds). The outbox keeps it, so it counts
-// after a restart too; it returns once that is durable. A withdrawal
-// takes effect for readings recorded after it.
-//
-// Errors match consent's sentinels (consent.ErrBadSignature,
-// consent.ErrUnknownKey, consent.ErrUnknownRecord,
-// consent.ErrRecordConflict, ...), or are the outbox's.
-func (a *Agent) AddConsent(ctx context.Context, signed []byte) error {
-	if a.cfg.ConsentKeys == nil || a.cfg.Owner == "" {
-		return errors.New("device: AddConsent needs Config.ConsentKeys and Config.Owner")
-	}
-	v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
-	if err != nil {
-		return err
-	}
-	a.consentMu.Lock()
-	defer a.consentMu.Unlock()
-	if err := a.history.Add(v); err != nil {
-		return err
-	}
-	if a.consentIDs[v.Record.ID] {
-		return nil
-	}
-	n := a.consentNext
-	if err := a.box.submit(ctx, a.box.putConsent(n, signed), false); err != nil {
-		return err
-	}
-	a.consentNext++
-	a.consentIDs[v.Record.ID] = true
-	return nil
-}
-
-// loadConsent adds the consent records the outbox keeps to the history,
-// in the order they were added. A record that no longer verifies (its
-// key is no longer trusted) is logged and left out.
-func (a *Agent) loadConsent(ctx context.Context) {
-	a.consentIDs = map[consent.ID]bool{}
-	a.consentNext = 1
-	if a.cfg.Owner != "" {
-		a.history = consent.NewHistory(a.cfg.Owner)
-	}
-	for _, kv := range a.box.consent {
-		n := binary.BigEndian.Uint64(kv[0])
-		a.consentNext = max(a.consentNext, n+1)
-		signed, err := a.box.seal.open(nil, a.box.seal.ad(adConsent, 0, n), kv[1])
-		if err != nil {
-			a.log.Error("device: a stored consent record does not decrypt", "n", n)
-			continue
-		}
-		if a.history == nil || a.cfg.ConsentKeys == nil {
-			continue
-		}
-		v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
-		if err == nil {
-			err = a.history.Add(v)
-		}
-		if err != nil {
-			a.log.Warn("device: a stored consent record no longer counts", "n", n, "err", err)
-			continue
-		}
-		a.consentIDs[v.Record.ID] = true
-	}
-	a.box.consent = nil
-}
-
 // Start starts delivery: a goroutine that forms batches of the queued
-// readings and posts them to Config.URL, and one that logs Health every
+// readings and posts them to Config.URL; one that observes /v1/consent
+// and adds the owner's records the cloud lists (AddConsents), when the
+// device has an owner; and one that logs Health every
 // Config.HealthInterval. Close stops them. Start needs Config.URL; it
-// does not wait for the cloud, which delivery dials, and dials again,
+// does not wait for the cloud, which the agent dials, and dials again,
 // by itself.
 func (a *Agent) Start() error {
 	if a.cfg.URL == "" {
@@ -531,6 +472,10 @@ func (a *Agent) Start() error {
 	a.wg.Add(2)
 	go a.deliver(ctx)
 	go a.reportHealth(ctx)
+	if a.history != nil {
+		a.wg.Add(1)
+		go a.observeConsent(ctx)
+	}
 	return nil
 }
 
@@ -572,9 +517,50 @@ func (a *Agent) Close() error {
 	}
 	a.wg.Wait()
 	var errs []error
+	a.dialing <- struct{}{} // no dial is in progress, and none starts
 	if a.client != nil {
 		errs = append(errs, a.client.Close())
 	}
 	errs = append(errs, a.box.close())
 	return errors.Join(errs...)
+}
+
+// conn returns the client connected to the cloud, dialing it if there is
+// none yet: one client, and one DTLS session or TCP connection, serves
+// delivery and the observations, and reconnects by itself once dialed.
+func (a *Agent) conn(ctx context.Context) (*transport.Client, error) {
+	select {
+	case a.dialing <- struct{}{}:
+	case <-a.closing:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-a.dialing }()
+	select {
+	case <-a.closing:
+		return nil, ErrClosed
+	default:
+	}
+	if a.client != nil {
+		return a.client, nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := transport.Dial(dctx, a.cfg.URL, a.cfg.Transport)
+	if err != nil {
+		return nil, err
+	}
+	a.client = c
+	return c, nil
+}
+
+// logFailure logs the nth failure in a row of a task that tries again:
+// the first at the info level, the others at debug.
+func (a *Agent) logFailure(ctx context.Context, n int, msg string, args ...any) {
+	level := slog.LevelDebug
+	if n == 1 {
+		level = slog.LevelInfo
+	}
+	a.log.Log(ctx, level, msg, append([]any{"failures", n}, args...)...)
 }

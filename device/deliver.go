@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -85,11 +84,7 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			failures++
 			a.failed(out.err)
-			level := slog.LevelDebug
-			if failures == 1 {
-				level = slog.LevelInfo // the first of a run of failures
-			}
-			a.log.Log(ctx, level, "device: delivery failed, trying again", "key", key, "failures", failures, "err", out.err)
+			a.logFailure(ctx, failures, "device: delivery failed, trying again", "key", key, "err", out.err)
 			a.sleep(ctx, max(a.backoff(failures), out.retryAfter))
 			continue
 		}
@@ -309,17 +304,12 @@ func (a *Agent) formation(queue uint32, key queueKey, seq uint64) (*formation, e
 
 // send posts a batch to the cloud and says what came of it.
 func (a *Agent) send(ctx context.Context, b *sendable) outcome {
-	if a.client == nil {
-		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-		c, err := transport.Dial(dctx, a.cfg.URL, a.cfg.Transport)
-		cancel()
-		if err != nil {
-			return outcome{err: err}
-		}
-		a.client = c
+	c, err := a.conn(ctx)
+	if err != nil {
+		return outcome{err: err}
 	}
 	var ack protocol.Ack
-	err := a.client.DoRaw(ctx, transport.POST, protocol.TelemetryPath, protocol.FormatCBOR, b.rec.body, &ack)
+	err = c.DoRaw(ctx, transport.POST, protocol.TelemetryPath, protocol.FormatCBOR, b.rec.body, &ack)
 	if err == nil {
 		if want := (protocol.Key{Epoch: a.box.epoch, Seq: b.seq}); ack.Key != want {
 			return outcome{err: fmt.Errorf("device: the cloud acknowledged %v for the batch %v", ack.Key, want)}

@@ -26,7 +26,7 @@
 //     purpose, and for a partner the partner's purpose with the partner as
 //     recipient, must be covered for every data category of the reading,
 //     at the reading's time, by a record of the owner's the agent holds
-//     ([Agent.AddConsent]); a stream whose legal basis is contract needs
+//     (see Consent below); a stream whose legal basis is contract needs
 //     none. The agent decides exactly as the cloud will (the cloud refuses
 //     what consent does not cover, and counts it against the device), so
 //     a reading no destination may take is refused ([ErrNoConsent]), and
@@ -76,11 +76,38 @@
 // key and its exact bytes across restarts, and a retransmission sends the
 // same bytes.
 //
+// # Consent
+//
+// The agent decides with the owner's consent records (Config.Owner), each
+// a COSE_Sign1 message (package consent) that it verifies against the
+// keys it trusts and adds to a consent.History, which refuses what its
+// signer may not record: only the owner's app or device grants and
+// withdraws, only the controller revokes. The records reach it two ways:
+//
+//   - [Agent.AddConsent] takes one record, from wherever the product gets
+//     it (a companion app over Bluetooth, say), that verifies against the
+//     keys the device trusts by itself: its own key (key ID: its device
+//     ID, the device key of its owner), Config.ConsentKeys, and the
+//     maker's keys (Config.Makers).
+//   - A started agent observes /v1/consent (docs/protocol.md 4.7) and adds
+//     each list the cloud notifies ([Agent.AddConsents]): its records may
+//     also be signed by the app keys the list carries, but only app keys
+//     (role consent.SubjectKey) of the device's owner; the list's other
+//     keys are ignored. A record with a bad signature, an unknown key, or
+//     another subject's is refused and logged, never kept. A list too
+//     large for a notification is fetched with a GET.
+//
+// The outbox keeps every record added, with the role and subject of the
+// key that signed it, so that it counts after a restart, offline too, as
+// it was accepted: a record stands even once its key is no longer
+// trusted, as in the cloud.
+//
 // # Delivery
 //
 // [Agent.Start] starts a goroutine that dials Config.URL with the
 // device's credentials (a DTLS pre-shared key, a token signer or a
-// certificate, in Config.Transport) and posts the batches to
+// certificate, in Config.Transport), on one connection shared with the
+// observation of /v1/consent, and posts the batches to
 // /v1/telemetry one at a time, in sequence order, so that each stream's
 // readings reach the cloud in the order recorded. A batch leaves the
 // outbox only when the cloud acknowledges its key (2.04), or when the cloud
@@ -126,8 +153,8 @@
 // # Caveats
 //
 // Streams that the manifest aggregates over time windows are refused with
-// policy.ErrAggregated for now, and the agent does not yet observe
-// /v1/consent, fetch a new manifest, or sync state and commands.
+// policy.ErrAggregated for now, and the agent does not yet fetch a new
+// manifest, or sync state and commands.
 //
 // Consent is decided at the reading's time as the manifest shaped it, as
 // the cloud decides it: a reading whose timestamp is coarsened to the hour

@@ -89,6 +89,10 @@ type Health struct {
 	// disk, since the agent opened: fewer than the calls that wrote when
 	// concurrent calls share commits.
 	Commits uint64
+	// ConsentList is when the agent last received the owner's consent
+	// list from the cloud (/v1/consent); zero if it has not since it
+	// opened.
+	ConsentList time.Time
 }
 
 // Health returns the state of the outbox and of delivery.
@@ -120,6 +124,7 @@ func (a *Agent) Health() Health {
 	a.mu.Lock()
 	h.LastError = a.lastErr
 	h.LocalOnly = a.localOnly
+	h.ConsentList = a.consentList
 	if a.noConsent > 0 {
 		h.Drops[DropNoConsent] += a.noConsent
 	}
@@ -141,6 +146,9 @@ func (h Health) LogValue() slog.Value {
 	}
 	if !h.LastDelivery.IsZero() {
 		attrs = append(attrs, slog.Time("last_delivery", h.LastDelivery))
+	}
+	if !h.ConsentList.IsZero() {
+		attrs = append(attrs, slog.Time("consent_list", h.ConsentList))
 	}
 	if h.LastError != "" {
 		attrs = append(attrs, slog.String("last_error", h.LastError))

@@ -850,10 +850,11 @@ func (o *outbox) finish(seq uint64, reason DropReason, at time.Time) func(*bbolt
 	}
 }
 
-// putConsent returns the op that keeps a consent record.
-func (o *outbox) putConsent(n uint64, signed []byte) func(*bbolt.Tx, *state) error {
-	val := o.seal.seal(nil, o.seal.ad(adConsent, 0, n), signed)
+// putConsent returns the op that keeps a consent record, or replaces it
+// (with its receipt, say).
+func (o *outbox) putConsent(c *keptConsent) func(*bbolt.Tx, *state) error {
+	val := o.seal.seal(nil, o.seal.ad(adConsent, 0, c.n), appendKeptConsent(nil, c))
 	return func(tx *bbolt.Tx, st *state) error {
-		return tx.Bucket([]byte(bucketConsent)).Put(u64(n), val)
+		return tx.Bucket([]byte(bucketConsent)).Put(u64(c.n), val)
 	}
 }

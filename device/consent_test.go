@@ -1,0 +1,168 @@
+package device_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/consent/policy"
+	"github.com/sensible-iot/sensible/device"
+	"github.com/sensible-iot/sensible/device/identity"
+	"github.com/sensible-iot/sensible/protocol"
+)
+
+// power is a reading of the power stream, which needs the owner's
+// consent to analytics.
+func power() policy.Reading {
+	return policy.Reading{"ts": time.Now(), "watts": 1234.5, "serial": "SN-0042"}
+}
+
+// waitFor polls cond every few milliseconds until it holds, failing t
+// after d.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestConsentObserved: a started agent observes /v1/consent. Consent
+// the owner gives in the cloud reaches it within a second, verified with
+// the app key the cloud's list carries (the device's firmware does not
+// know it), and Record decides with it; the outbox keeps it, so it counts
+// after a restart without the cloud too.
+func TestConsentObserved(t *testing.T) {
+	k := newKeys(t)
+	c := startCloud(t, k, t.TempDir(), "coaps://127.0.0.1:0")
+	m := c.importMeter()
+	cfg := k.config(t, m, t.TempDir(), c.url)
+	cfg.ConsentKeys = nil // the app's key comes with the list
+	a := newAgent(t, cfg)
+	ctx := context.Background()
+	if err := a.Record(ctx, "power", power()); !errors.Is(err, device.ErrNoConsent) {
+		t.Fatalf("power before consent: %v", err)
+	}
+	must(t, a.Start())
+	waitFor(t, 10*time.Second, "the first consent list", func() bool { return !a.Health().ConsentList.IsZero() })
+
+	_, err := c.node.AddConsent(ctx, k.sign(t, analytics()))
+	must(t, err)
+	start := time.Now()
+	for {
+		err := a.Record(ctx, "power", power())
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, device.ErrNoConsent) {
+			t.Fatal(err)
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("consent given in the cloud did not reach the device within a second: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("consent reached the device in %v", time.Since(start))
+	drain(t, a, 20*time.Second)
+	if got := c.stored(m, "power"); len(got) != 1 {
+		t.Fatalf("the cloud holds %d power readings", len(got))
+	}
+	must(t, a.Close())
+
+	cfg.URL = ""
+	b := newAgent(t, cfg)
+	must(t, b.Record(ctx, "power", power()))
+}
+
+// TestConsentListVerified: every record of a consent list must verify
+// against a key the device trusts: its own, its firmware's, or an app key
+// of its owner that the list carries. Forged records, records signed by
+// keys it does not trust, and records of other subjects are refused, each
+// with consent's sentinel, and never decide.
+func TestConsentListVerified(t *testing.T) {
+	k := newKeys(t)
+	m := newMeter(t)
+	cfg := k.config(t, m, t.TempDir(), "")
+	cfg.ConsentKeys = nil
+	a := newAgent(t, cfg)
+	ctx := context.Background()
+
+	signerKey := func(priv ed25519.PrivateKey, kid string, role consent.Role, subject string) protocol.SignerKey {
+		der, err := x509.MarshalPKIXPublicKey(priv.Public())
+		must(t, err)
+		return protocol.SignerKey{KID: []byte(kid), Role: role, Subject: subject, Key: der}
+	}
+	newKey := func() ed25519.PrivateKey {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		must(t, err)
+		return priv
+	}
+	sign := func(r *consent.Record, priv ed25519.PrivateKey, kid string) []byte {
+		signed, err := consent.Sign(r, priv, []byte(kid))
+		must(t, err)
+		return signed
+	}
+	stranger, controller := newKey(), newKey()
+	forged := k.sign(t, analytics())
+	forged[len(forged)-1] ^= 1
+	other := analytics()
+	other.Subject = "subj-someone-else"
+	byController := analytics()
+	byController.Event.Actor = "controller"
+
+	list := protocol.Consents{
+		Version: 5,
+		Records: [][]byte{
+			forged,                                  // a bad signature
+			sign(analytics(), newKey(), "app-2"),    // a key the list does not carry
+			k.sign(t, other),                        // another subject's, by the owner's app
+			sign(analytics(), stranger, "app-3"),    // by an app of another subject
+			sign(byController, controller, "ctl-1"), // a controller key the firmware does not hold
+			sign(analytics(), k.maker, "maker-1"),   // the maker may not grant for the owner
+			[]byte("not a record"),                  // garbage
+		},
+		Keys: []protocol.SignerKey{
+			signerKey(k.app, "app-1", consent.SubjectKey, owner),
+			signerKey(stranger, "app-3", consent.SubjectKey, "subj-someone-else"),
+			signerKey(controller, "ctl-1", consent.ControllerKey, ""),
+		},
+	}
+	err := a.AddConsents(ctx, list)
+	for _, want := range []error{consent.ErrBadSignature, consent.ErrUnknownKey, consent.ErrNotAllowed, consent.ErrMalformed} {
+		if !errors.Is(err, want) {
+			t.Errorf("the forged list: %v, want a refusal matching %v", err, want)
+		}
+	}
+	if err == nil || len(err.(interface{ Unwrap() []error }).Unwrap()) != len(list.Records) {
+		t.Fatalf("the forged list: %v, want every record refused", err)
+	}
+	if err := a.Record(ctx, "power", power()); !errors.Is(err, device.ErrNoConsent) {
+		t.Fatalf("power after a forged list: %v", err)
+	}
+
+	// The owner's app's grant, and one captured on the device, signed by
+	// its own key.
+	mine := grant(time.Now().Add(-2*time.Hour), "grid-balancing", []string{"device.usage", "device.sensor.power", "device.identifier"}, "gridco")
+	mine.Event.Actor = "device"
+	mine.Devices = []identity.ID{a.ID()}
+	signed, err := consent.Sign(mine, m.key, []byte(a.ID().String()))
+	must(t, err)
+	list = protocol.Consents{Version: 6, Records: [][]byte{k.sign(t, analytics()), signed}, Keys: list.Keys[:1]}
+	must(t, a.AddConsents(ctx, list))
+	must(t, a.AddConsents(ctx, list)) // the same list again: no change
+	must(t, a.Record(ctx, "power", power()))
+	if h := a.Health(); h.Queued != 2 || len(h.Drops) != 0 {
+		t.Fatalf("after the owner's records: %+v", h)
+	}
+	if err := a.AddConsents(ctx, protocol.Consents{Version: 7, Fetch: true}); err == nil {
+		t.Fatal("a list left out of its notification was taken")
+	}
+}

@@ -157,7 +157,7 @@ type Agent struct {
 	trusted  keyChain         // the keys trusted to sign consent, by the device itself
 	box      *outbox
 
-	consentMu   sync.Mutex
+	consentMu   sync.RWMutex                // held to change consent; read from a decision until its readings are queued
 	kept        map[consent.ID]*keptConsent // the records the outbox keeps
 	consentNext uint64
 
@@ -171,6 +171,10 @@ type Agent struct {
 	noConsent uint64
 	// when the last consent list came from the cloud
 	consentList time.Time
+
+	sendMu   sync.Mutex
+	sending  uint64                  // the batch on its way, 0 if none
+	stopSend context.CancelCauseFunc // cancels its sending
 
 	wg      sync.WaitGroup
 	wake    chan struct{}
@@ -311,9 +315,10 @@ func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
 // queued (Health.LocalOnly). Then consent: for each destination of the
 // stream, the stream's consent purpose, and for a partner the partner's,
 // must be covered, for every data category of the reading, by a record
-// of the owner (AddConsent) at the time of the reading (its first
-// timestamp field as shaped, else now), as the cloud will decide; a
-// stream whose legal basis is contract needs none. The reading is queued
+// of the owner (AddConsent, AddConsents) at the time of the reading (its
+// first timestamp field as shaped, else now), as the cloud will decide,
+// and now, so that a withdrawal takes effect at once; a stream whose
+// legal basis is contract needs none. The reading is queued
 // once for each destination consent allows; destinations it refuses are
 // counted (DropNoConsent).
 //
@@ -339,11 +344,43 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 		a.mu.Unlock()
 		return nil
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s, _ := a.manifest.Stream(stream)
 	now := a.now()
+	// Consent may not change between the decision and the queueing: a
+	// withdrawal deletes what is queued, and then nothing it ended may
+	// join the queue.
+	a.consentMu.RLock()
+	p, err := a.queue(stream, s, out, now)
+	a.consentMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if err := a.box.await(ctx, p.op); err != nil {
+		return err
+	}
+	a.kick()
+	if !slices.ContainsFunc(p.items, func(it *item) bool { return !it.refused }) {
+		return fmt.Errorf("%w: stream %q (priority %d)", ErrOutboxFull, stream, a.cfg.Priorities[stream])
+	}
+	return nil
+}
+
+// A queueing is a reading on its way into the outbox: one item for each
+// destination, and the op that puts them there.
+type queueing struct {
+	items []*item
+	op    *op
+}
+
+// queue decides consent for a reading shaped as out and hands it to the
+// committer, once for each destination consent allows.
+func (a *Agent) queue(stream string, s *policy.Stream, out *policy.Output, now time.Time) (*queueing, error) {
 	dests, refusal := a.allowed(s, out, now)
 	if len(dests) == 0 {
-		return refusal
+		return nil, refusal
 	}
 	if refusal != nil {
 		a.mu.Lock()
@@ -353,13 +390,10 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 	}
 	plain, err := appendEntry(nil, now, out.Fields)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(plain) > maxReadingSize {
-		return fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
-	}
-	if err := ctx.Err(); err != nil {
-		return err
+		return nil, fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
 	}
 	items := make([]*item, len(dests))
 	for i, d := range dests {
@@ -369,14 +403,11 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 		it.val = a.box.seal.seal(nil, a.box.seal.ad(adReading, it.queue, it.id), plain)
 		items[i] = it
 	}
-	if err := a.box.submit(ctx, a.box.putReadings(items), true); err != nil {
-		return err
+	p, err := a.box.enqueue(a.box.putReadings(items), true)
+	if err != nil {
+		return nil, err
 	}
-	a.kick()
-	if !slices.ContainsFunc(items, func(it *item) bool { return !it.refused }) {
-		return fmt.Errorf("%w: stream %q (priority %d)", ErrOutboxFull, stream, a.cfg.Priorities[stream])
-	}
-	return nil
+	return &queueing{items: items, op: p}, nil
 }
 
 // maxReadingSize bounds an encoded reading: one that large still fits a
@@ -392,7 +423,10 @@ func (a *Agent) kick() {
 }
 
 // allowed returns the destinations of out that consent allows, and the
-// refusal of the last one refused, if any.
+// refusal of the last one refused, if any. Consent must cover the reading
+// at its time, as the cloud decides, and, once consent has ended, now as
+// well: a withdrawal takes effect at once, even for a reading whose time
+// (coarsened to the hour, say) is before it.
 func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]policy.Destination, *RefusedError) {
 	at, timed := now, false
 	var cats []string
@@ -408,18 +442,14 @@ func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]
 			cats = append(cats, f.Category)
 		}
 	}
-	q := consent.Query{Device: a.id, At: at}
+	times := []time.Time{at}
+	if now.After(at) {
+		times = append(times, now)
+	}
 	var dests []policy.Destination
 	var refusal *RefusedError
 	for _, d := range out.Destinations {
-		var needs [][2]string // purpose, recipient
-		if !s.Contract && s.Consent != "" {
-			needs = append(needs, [2]string{s.Consent, ""})
-		}
-		if d.To == "partner" && d.Consent != "" {
-			needs = append(needs, [2]string{d.Consent, d.Partner})
-		}
-		if r := a.decide(s.Name, d, needs, cats, q); r != nil {
+		if r := a.decide(s.Name, d, needs(s, d), cats, times); r != nil {
 			refusal = r
 			continue
 		}
@@ -428,19 +458,41 @@ func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]
 	return dests, refusal
 }
 
-// decide asks the owner's consent history every need for every category,
-// returning the first refusal.
-func (a *Agent) decide(stream string, d policy.Destination, needs [][2]string, cats []string, q consent.Query) *RefusedError {
-	for _, n := range needs {
-		q.Purpose, q.Recipient = n[0], n[1]
-		if a.cfg.Owner == "" || a.history == nil {
+// A need is a purpose that consent must cover, and the recipient it must
+// name (empty: the controller itself).
+type need struct{ purpose, recipient string }
+
+// needs returns what consent must cover for a stream's readings to go to
+// d: the stream's consent purpose, unless its legal basis is contract,
+// and for a partner the partner's purpose with the partner as recipient.
+func needs(s *policy.Stream, d policy.Destination) []need {
+	var ns []need
+	if !s.Contract && s.Consent != "" {
+		ns = append(ns, need{s.Consent, ""})
+	}
+	if d.To == "partner" && d.Consent != "" {
+		ns = append(ns, need{d.Consent, d.Partner})
+	}
+	return ns
+}
+
+// decide asks the owner's consent history every need for every category
+// at every time, returning the first refusal.
+func (a *Agent) decide(stream string, d policy.Destination, ns []need, cats []string, times []time.Time) *RefusedError {
+	q := consent.Query{Device: a.id, At: times[0]}
+	for _, n := range ns {
+		q.Purpose, q.Recipient = n.purpose, n.recipient
+		if a.history == nil {
 			return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q,
 				Decision: consent.Decision{Reason: consent.ReasonNoConsent}}
 		}
 		for _, c := range cats {
 			q.Category = c
-			if dec := a.history.Decide(q); !dec.Allowed {
-				return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q, Decision: dec}
+			for _, t := range times {
+				q.At = t
+				if dec := a.history.Decide(q); !dec.Allowed {
+					return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q, Decision: dec}
+				}
 			}
 		}
 	}

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/sensible-iot/sensible/consent"
+	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/protocol"
 	"github.com/sensible-iot/sensible/transport"
 )
@@ -57,6 +61,11 @@ func trustedKeys(cfg *Config, device string) (keyChain, error) {
 // names one the agent holds). The outbox keeps it, so it counts after a
 // restart too, as it was accepted, even if its key is no longer trusted
 // then; AddConsent returns once that is durable.
+//
+// A record that withdraws or revokes consent takes effect at once: the
+// readings waiting in the outbox that needed it leave it in the same
+// transaction (DropWithdrawn), a batch of them on its way is stopped,
+// and Record refuses them from then on (see the package documentation).
 //
 // Errors match consent's sentinels (consent.ErrBadSignature,
 // consent.ErrUnknownKey, consent.ErrNotAllowed, consent.ErrUnknownRecord,
@@ -135,12 +144,79 @@ func (a *Agent) keep(ctx context.Context, v *consent.Verified, post bool) error 
 		return nil
 	}
 	c := &keptConsent{n: a.consentNext, role: v.Signer.Role, subject: v.Signer.Subject, post: post, signed: v.Raw}
-	if err := a.box.submit(ctx, a.box.putConsent(c), false); err != nil {
+	apply := a.box.putConsent(c)
+	var removed []uint64
+	if st := v.Record.Event.State; st != consent.StateGiven && st != consent.StateRenewed {
+		// A withdrawal takes effect at once: in the same transaction that
+		// keeps it, what it ended leaves the outbox, and the wait is not
+		// cut short, so that the batch in flight can be stopped below.
+		put, purge := apply, a.box.purge(a.ended(v.Record, a.now()), DropWithdrawn, &removed)
+		apply = func(tx *bbolt.Tx, st *state) error {
+			if err := put(tx, st); err != nil {
+				return err
+			}
+			return purge(tx, st)
+		}
+		ctx = context.WithoutCancel(ctx)
+	}
+	if err := a.box.submit(ctx, apply, false); err != nil {
 		return err
 	}
+	a.stopSends(removed)
 	a.consentNext++
 	a.kept[v.Record.ID] = c
 	return nil
+}
+
+// ended returns whether the queue named k holds readings that consent no
+// longer covers, now that r (a withdrawal, a revocation, a refusal, an
+// expiry recorded) has ended or refused what it names: readings that
+// needed one of r's purposes (for a partner, with the partner among its
+// recipients), of a stream whose data categories the owner's records do
+// not all cover now, at time now. The stream is looked up in the
+// manifest that shaped the queue.
+func (a *Agent) ended(r *consent.Record, now time.Time) func(queueKey) bool {
+	if len(r.Devices) > 0 && !slices.Contains(r.Devices, a.id) {
+		return func(queueKey) bool { return false }
+	}
+	names := func(n need) bool {
+		return slices.ContainsFunc(r.Processes, func(p consent.Process) bool {
+			return p.Purpose == n.purpose && (n.recipient == "" || slices.Contains(p.Recipients, n.recipient))
+		})
+	}
+	memo := map[queueKey]bool{}
+	return func(k queueKey) bool {
+		gone, ok := memo[k]
+		if ok {
+			return gone
+		}
+		defer func() { memo[k] = gone }()
+		s, ok := a.manifest.Stream(k.Stream)
+		if !ok {
+			return false
+		}
+		d := policy.Destination{To: "cloud"}
+		for _, x := range s.Destinations {
+			if x.To == "partner" && x.Partner == k.Partner && k.Partner != "" {
+				d = x
+			}
+		}
+		q := consent.Query{Device: a.id, At: now}
+		for _, n := range needs(s, d) {
+			if !names(n) {
+				continue
+			}
+			q.Purpose, q.Recipient = n.purpose, n.recipient
+			for _, f := range s.Fields {
+				q.Category = f.Category
+				if f.Transform.Op != "drop" && !a.history.Decide(q).Allowed {
+					gone = true
+					return gone
+				}
+			}
+		}
+		return gone
+	}
 }
 
 // loadConsent adds the consent records the outbox keeps to the history,

@@ -6,6 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,5 +167,101 @@ func TestConsentListVerified(t *testing.T) {
 	}
 	if err := a.AddConsents(ctx, protocol.Consents{Version: 7, Fetch: true}); err == nil {
 		t.Fatal("a list left out of its notification was taken")
+	}
+}
+
+// TestWithdrawnOffline: a withdrawal takes effect at once, offline too.
+// Ten thousand readings wait for a cloud that does not answer yet, some
+// in a batch already formed and on its way (its handshake unanswered);
+// the owner withdraws their consent on the device; every one of them
+// leaves the outbox, counted, before anything else is sent, and once the
+// cloud answers none of them ever reaches it (the cloud, which was never
+// told of the withdrawal, would store them), while the readings of
+// another purpose do.
+func TestWithdrawnOffline(t *testing.T) {
+	const readings, others, callers = 10_000, 100, 8
+	k := newKeys(t)
+	cloudDir := t.TempDir()
+	c := startCloud(t, k, cloudDir, "coaps://127.0.0.1:0")
+	m := c.importMeter()
+	ctx := context.Background()
+	give := analytics()
+	signed := k.sign(t, give)
+	_, err := c.node.AddConsent(ctx, signed)
+	must(t, err)
+	must(t, c.node.Close())
+	// Until the cloud is back, its port swallows every datagram.
+	hole, err := net.ListenPacket("udp", "127.0.0.1:"+c.port())
+	must(t, err)
+	var heard atomic.Int64
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := hole.ReadFrom(buf); err != nil {
+				return
+			}
+			heard.Add(1)
+		}
+	}()
+
+	cfg := k.config(t, m, t.TempDir(), c.url)
+	a := newAgent(t, cfg)
+	must(t, a.AddConsent(ctx, signed))
+	// The power queue is the oldest, so delivery forms its first batch
+	// from it.
+	must(t, a.Record(ctx, "power", power()))
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for g := range callers {
+		wg.Go(func() {
+			for i := range readings / callers {
+				if g+i > 0 { // the first was recorded above
+					if err := a.Record(ctx, "power", power()); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if n := g*(readings/callers) + i; n%(readings/others) == 0 {
+					if err := a.Record(ctx, "count", tick(int64(n/(readings/others)))); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	must(t, a.Start())
+	waitFor(t, 10*time.Second, "a batch formed and on its way", func() bool { return a.Health().Batches > 0 && heard.Load() > 0 })
+	// The partner, to which the owner gave no consent, gets none of them.
+	if h := a.Health(); h.Queued != readings+others || h.Drops[device.DropNoConsent] != readings || len(h.Drops) != 1 {
+		t.Fatalf("before the withdrawal: %+v", h)
+	}
+
+	must(t, a.AddConsent(ctx, k.sign(t, consent.Withdraw(give, time.Now(), "subject:app"))))
+	h := a.Health()
+	if h.Drops[device.DropWithdrawn] != readings || h.Queued != others {
+		t.Fatalf("after the withdrawal: %+v", h)
+	}
+	if err := a.Record(ctx, "power", power()); !errors.Is(err, device.ErrNoConsent) {
+		t.Fatalf("power after the withdrawal: %v", err)
+	}
+
+	hole.Close()
+	c = startCloud(t, k, cloudDir, "coaps://127.0.0.1:"+c.port())
+	drain(t, a, 60*time.Second)
+	if got := c.stored(m, "power"); len(got) != 0 {
+		t.Fatalf("the cloud holds %d power readings recorded before the withdrawal", len(got))
+	}
+	got := counts(t, c.stored(m, "count"))
+	if len(got) != others {
+		t.Fatalf("the cloud holds %d count readings, want %d", len(got), others)
+	}
+	if h := a.Health(); h.Delivered != others || h.Drops[device.DropWithdrawn] != readings || len(h.Drops) != 2 {
+		t.Fatalf("health: %+v", h)
 	}
 }

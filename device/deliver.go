@@ -68,8 +68,15 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			continue
 		}
+		sctx, ok := a.beginSend(ctx, b.seq)
+		if !ok {
+			continue // withdrawn meanwhile
+		}
 		ready = time.Now().Add(a.pace(len(b.rec.body)))
-		out := a.send(ctx, b)
+		out := a.send(sctx, b)
+		if a.endSend(sctx) {
+			continue // withdrawn while it was on its way: it left the outbox
+		}
 		key := protocol.Key{Epoch: a.box.epoch, Seq: b.seq}
 		switch {
 		case out.acked:
@@ -334,4 +341,44 @@ func (a *Agent) send(ctx context.Context, b *sendable) outcome {
 		return outcome{drop: DropUnsupported, err: err}
 	}
 	return outcome{err: err, retryAfter: te.RetryAfter}
+}
+
+// errWithdrawn stops the sending of a batch whose readings a withdrawal
+// deleted.
+var errWithdrawn = errors.New("device: the batch's consent was withdrawn")
+
+// beginSend marks the batch seq as on its way, unless it has left the
+// outbox, and returns the context of its sending, which stopSends
+// cancels if a withdrawal deletes the batch meanwhile.
+func (a *Agent) beginSend(ctx context.Context, seq uint64) (context.Context, bool) {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	st, _ := a.box.snapshot()
+	if !slices.ContainsFunc(st.batches, func(b batchState) bool { return b.seq == seq }) {
+		return nil, false
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	a.sending, a.stopSend = seq, cancel
+	return sctx, true
+}
+
+// endSend ends the sending begun by beginSend, reporting whether a
+// withdrawal stopped it.
+func (a *Agent) endSend(sctx context.Context) bool {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	a.stopSend(nil)
+	a.sending, a.stopSend = 0, nil
+	return context.Cause(sctx) == errWithdrawn
+}
+
+// stopSends stops the sending of a batch among seqs, which a withdrawal
+// deleted: the request may have reached the cloud, but nothing is sent
+// for it after this returns.
+func (a *Agent) stopSends(seqs []uint64) {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	if a.stopSend != nil && slices.Contains(seqs, a.sending) {
+		a.stopSend(errWithdrawn)
+	}
 }

@@ -102,6 +102,19 @@
 // it was accepted: a record stands even once its key is no longer
 // trusted, as in the cloud.
 //
+// A withdrawal takes effect at once. When a record arrives that
+// withdraws or revokes consent (or refuses it, or records its expiry),
+// the same transaction that keeps it deletes every reading waiting in
+// the outbox, queued or in a batch not yet acknowledged, that needed a
+// purpose the record names (for a partner, with the partner among its
+// recipients) and that the owner's records no longer cover now, for
+// every data category of its stream; they are counted as dropped
+// ([DropWithdrawn]) and logged. A batch of them on its way to the cloud
+// is stopped: its request may have left already, but nothing of it is
+// sent after the record is kept, and nothing else is sent before. Record
+// then refuses such readings ([ErrNoConsent]), even those whose time, as
+// the manifest shaped it, is before the withdrawal.
+//
 // # Delivery
 //
 // [Agent.Start] starts a goroutine that dials Config.URL with the
@@ -157,8 +170,9 @@
 // manifest, or sync state and commands.
 //
 // Consent is decided at the reading's time as the manifest shaped it, as
-// the cloud decides it: a reading whose timestamp is coarsened to the hour
-// is covered only by consent given before that hour began.
+// the cloud decides it, and at the time it is recorded: a reading whose
+// timestamp is coarsened to the hour is covered only by consent given
+// before that hour began and not ended since.
 //
 // The order of readings recorded by concurrent calls is the order their
 // writes reach the committer; readings recorded one after another by one

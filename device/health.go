@@ -26,6 +26,11 @@ const (
 	// stream, but no consent covered the others (a partner, say). When
 	// no destination is covered Record returns ErrNoConsent instead.
 	DropNoConsent DropReason = "no-consent"
+	// DropWithdrawn: the owner withdrew the consent the readings needed,
+	// or the controller revoked it, while they waited in the outbox,
+	// queued or in a batch not yet acknowledged; they were deleted before
+	// anything else was sent.
+	DropWithdrawn DropReason = "withdrawn"
 	// DropUnreadable: a queued reading or batch did not decrypt or
 	// decode (a damaged page), or could not be encoded as a batch.
 	DropUnreadable DropReason = "unreadable"

@@ -265,3 +265,127 @@ func TestWithdrawnOffline(t *testing.T) {
 		t.Fatalf("health: %+v", h)
 	}
 }
+
+// onDevice returns consent to analytics the owner gave on the device
+// with ID id, two hours ago.
+func onDevice(id identity.ID) *consent.Record {
+	r := analytics()
+	r.Event.Actor = "device"
+	r.Devices = []identity.ID{id}
+	return r
+}
+
+// TestGiveConsent: consent given on the device is signed by its key,
+// counts at once, and is posted to the cloud, which logs it: the receipt
+// proves it with the log's key. Given offline, it waits, through a
+// restart, and reaches the cloud before the readings that need it.
+func TestGiveConsent(t *testing.T) {
+	k := newKeys(t)
+	cloudDir := t.TempDir()
+	c := startCloud(t, k, cloudDir, "coaps://127.0.0.1:0")
+	m := c.importMeter()
+	ctx := context.Background()
+	logged := func(id consent.ID) []byte {
+		t.Helper()
+		recs, err := c.node.Store().ConsentRecords(ctx, owner)
+		must(t, err)
+		for _, r := range recs {
+			if r.ID == id {
+				return r.Signed
+			}
+		}
+		return nil
+	}
+
+	t.Run("online", func(t *testing.T) {
+		cfg := k.config(t, m, t.TempDir(), c.url)
+		cfg.ConsentKeys = nil
+		a := newAgent(t, cfg)
+		must(t, a.Start())
+		r := onDevice(a.ID())
+		receipt, err := a.GiveConsent(ctx, r)
+		must(t, err)
+		signed := logged(r.ID)
+		if receipt == nil || signed == nil {
+			t.Fatalf("receipt %v; the cloud logged %x", receipt, signed)
+		}
+		must(t, consent.VerifyReceipt(receipt, signed, c.node.ConsentLogKey()))
+		if kept := a.Receipt(r.ID); kept == nil || kept.Index != receipt.Index {
+			t.Fatalf("the receipt kept: %+v, want %+v", kept, receipt)
+		}
+		must(t, a.Record(ctx, "power", power()))
+		drain(t, a, 20*time.Second)
+		if got := c.stored(m, "power"); len(got) != 1 {
+			t.Fatalf("the cloud holds %d power readings", len(got))
+		}
+		if h := a.Health(); h.ConsentUnposted != 0 || h.Drops[device.DropForbidden] != 0 {
+			t.Fatalf("health: %+v", h)
+		}
+
+		// Withdrawn on the device: at once there, and in the cloud.
+		w := consent.Withdraw(r, time.Now(), "device")
+		_, err = a.GiveConsent(ctx, w)
+		must(t, err)
+		if err := a.Record(ctx, "power", power()); !errors.Is(err, device.ErrNoConsent) {
+			t.Fatalf("power after a withdrawal on the device: %v", err)
+		}
+		if logged(w.ID) == nil {
+			t.Fatal("the cloud did not log the withdrawal")
+		}
+
+		for _, bad := range []*consent.Record{analytics(), onDevice(m.id)} {
+			bad.Devices = append(bad.Devices, identity.ID{1})
+			if _, err := a.GiveConsent(ctx, bad); !errors.Is(err, consent.ErrNotAllowed) {
+				t.Errorf("a record for devices %v: %v", bad.Devices, err)
+			}
+		}
+		other := onDevice(a.ID())
+		other.Subject = "subj-someone-else"
+		if _, err := a.GiveConsent(ctx, other); !errors.Is(err, consent.ErrNotAllowed) {
+			t.Errorf("a record of another subject: %v", err)
+		}
+	})
+
+	t.Run("offline", func(t *testing.T) {
+		m := c.importMeter()
+		must(t, c.node.Close())
+		cfg := k.config(t, m, t.TempDir(), c.url)
+		a := newAgent(t, cfg)
+		r := onDevice(a.ID())
+		receipt, err := a.GiveConsent(ctx, r)
+		if err != nil || receipt != nil {
+			t.Fatalf("consent given before the agent started: %v, %v", receipt, err)
+		}
+		for n := range 3 {
+			must(t, a.Record(ctx, "power", policy.Reading{"ts": time.Now(), "watts": float64(n)}))
+		}
+		must(t, a.Start())
+		receipt, err = a.GiveConsent(ctx, onDevice(a.ID()))
+		if err != nil || receipt != nil {
+			t.Fatalf("consent given with the cloud unreachable: %v, %v", receipt, err)
+		}
+		if h := a.Health(); h.ConsentUnposted != 2 || h.Queued != 3 {
+			t.Fatalf("health: %+v", h)
+		}
+		must(t, a.Close())
+
+		c = startCloud(t, k, cloudDir, "coaps://127.0.0.1:"+c.port())
+		a = newAgent(t, cfg)
+		if h := a.Health(); h.ConsentUnposted != 2 {
+			t.Fatalf("after a restart: %+v", h)
+		}
+		must(t, a.Start())
+		drain(t, a, 20*time.Second)
+		if got := c.stored(m, "power"); len(got) != 3 {
+			t.Fatalf("the cloud holds %d power readings; health %+v", len(got), a.Health())
+		}
+		if h := a.Health(); h.ConsentUnposted != 0 {
+			t.Fatalf("health: %+v", h)
+		}
+		receipt = a.Receipt(r.ID)
+		if receipt == nil {
+			t.Fatal("no receipt kept")
+		}
+		must(t, consent.VerifyReceipt(receipt, logged(r.ID), c.node.ConsentLogKey()))
+	})
+}

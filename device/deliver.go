@@ -50,6 +50,18 @@ func (a *Agent) deliver(ctx context.Context) {
 		if wait := time.Until(ready); wait > 0 {
 			a.sleep(ctx, wait)
 		}
+		// Consent captured on the device goes first: the readings may
+		// need it.
+		if err := a.postUnposted(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			a.failed(err)
+			a.logFailure(ctx, failures, "device: posting consent failed, trying again", "err", err)
+			a.sleep(ctx, a.backoff(failures))
+			continue
+		}
 		b, err := a.next(ctx)
 		if ctx.Err() != nil {
 			return

@@ -96,6 +96,13 @@
 //     keys are ignored. A record with a bad signature, an unknown key, or
 //     another subject's is refused and logged, never kept. A list too
 //     large for a notification is fetched with a GET.
+//   - [Agent.GiveConsent] records consent the owner gave on the device
+//     itself, naming this device alone: the agent signs it with the
+//     device's key (key ID: the device ID), keeps it, and posts it to
+//     /v1/consent (content-format 18), keeping the cloud's receipt
+//     ([Agent.Receipt]). Offline it waits in the outbox, and delivery
+//     posts it before the next telemetry batch, which may need it
+//     ([Health].ConsentUnposted).
 //
 // The outbox keeps every record added, with the role and subject of the
 // key that signed it, so that it counts after a restart, offline too, as

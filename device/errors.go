@@ -61,6 +61,13 @@ const (
 	// key (a key in a secure element cannot give one).
 	ErrNoSecret = failure("device: no secret for the outbox key")
 
+	// ErrConsentRefused means the cloud refused, for good, a consent
+	// record captured on the device (GiveConsent): 4.00 (not a record,
+	// or its ID reused), 4.03 (a signature, key or signer it does not
+	// accept), 4.13 or 4.15. The error wraps the *transport.Error too.
+	// The record still counts on the device, and is not posted again.
+	ErrConsentRefused = failure("device: the cloud refused the consent record")
+
 	// ErrClosed is returned by calls on a closed Agent.
 	ErrClosed = failure("device: agent closed")
 )

@@ -94,6 +94,9 @@ type Health struct {
 	// disk, since the agent opened: fewer than the calls that wrote when
 	// concurrent calls share commits.
 	Commits uint64
+	// ConsentUnposted counts the consent records captured on the device
+	// (GiveConsent) that the cloud has not logged yet.
+	ConsentUnposted int
 	// ConsentList is when the agent last received the owner's consent
 	// list from the cloud (/v1/consent); zero if it has not since it
 	// opened.
@@ -126,6 +129,7 @@ func (a *Agent) Health() Health {
 	if !h.Oldest.IsZero() {
 		h.OldestAge = max(0, a.now().Sub(h.Oldest))
 	}
+	h.ConsentUnposted = len(a.unposted())
 	a.mu.Lock()
 	h.LastError = a.lastErr
 	h.LocalOnly = a.localOnly
@@ -151,6 +155,9 @@ func (h Health) LogValue() slog.Value {
 	}
 	if !h.LastDelivery.IsZero() {
 		attrs = append(attrs, slog.Time("last_delivery", h.LastDelivery))
+	}
+	if h.ConsentUnposted > 0 {
+		attrs = append(attrs, slog.Int("consent_unposted", h.ConsentUnposted))
 	}
 	if !h.ConsentList.IsZero() {
 		attrs = append(attrs, slog.Time("consent_list", h.ConsentList))

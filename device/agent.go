@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sensible-iot/sensible/consent"
@@ -125,6 +126,12 @@ type Config struct {
 	// the next batch. Zero means DefaultSendRate, negative no limit.
 	SendRate float64
 
+	// ManifestInterval is how often a started agent fetches the manifest
+	// from the cloud (FetchManifest), besides when it starts and when the
+	// cloud says it does not hold the manifest a batch names; zero means
+	// DefaultManifestInterval, negative only then.
+	ManifestInterval time.Duration
+
 	// HealthInterval is how often a started agent logs its Health; zero
 	// means DefaultHealthInterval, negative never.
 	HealthInterval time.Duration
@@ -146,16 +153,19 @@ type Config struct {
 // cuts and outages, and the cloud gets it exactly once. It is safe for
 // concurrent use.
 type Agent struct {
-	cfg      Config
-	id       identity.ID
-	log      *slog.Logger
-	now      func() time.Time
-	manifest *policy.Manifest
-	hash     protocol.Hash
-	enforcer *policy.Enforcer
-	history  *consent.History // nil without an owner
-	trusted  keyChain         // the keys trusted to sign consent, by the device itself
-	box      *outbox
+	cfg        Config
+	id         identity.ID
+	log        *slog.Logger
+	now        func() time.Time
+	run        atomic.Pointer[running] // the manifest Record runs
+	pseudonyms []byte                  // the key of the manifest's pseudonyms
+	manifestMu sync.Mutex
+	manifests  map[protocol.Hash]*policy.Manifest // those that shaped readings, by hash
+	fetchMu    sync.Mutex                         // held to switch manifests
+	fetch      chan struct{}                      // asks for the manifest to be fetched
+	history    *consent.History                   // nil without an owner
+	trusted    keyChain                           // the keys trusted to sign consent, by the device itself
+	box        *outbox
 
 	consentMu   sync.RWMutex                // held to change consent; read from a decision until its readings are queued
 	kept        map[consent.ID]*keptConsent // the records the outbox keeps
@@ -200,7 +210,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, errors.New("device: Config.Manifest and Config.Makers are required")
 	}
 	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}),
-		wake: make(chan struct{}, 1), dialing: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), dialing: make(chan struct{}, 1), fetch: make(chan struct{}, 1),
+		manifests: map[protocol.Hash]*policy.Manifest{}}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -214,6 +225,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.cfg.RetryMax = max(cmp(cfg.RetryMax, DefaultRetryMax), a.cfg.RetryBase)
 	a.cfg.HealthInterval = cmp(cfg.HealthInterval, DefaultHealthInterval)
 	a.cfg.SendRate = cmp(cfg.SendRate, DefaultSendRate)
+	a.cfg.ManifestInterval = cmp(cfg.ManifestInterval, DefaultManifestInterval)
 	if a.id.IsZero() {
 		if cfg.Key == nil {
 			return nil, errors.New("device: Config.Device or Config.Key is required")
@@ -241,15 +253,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if a.trusted, err = trustedKeys(&a.cfg, a.id.String()); err != nil {
 		return nil, err
 	}
-	if a.manifest, err = policy.OpenSigned(ctx, cfg.Manifest, cfg.Makers); err != nil {
+	a.pseudonyms = pseudonyms
+	r, err := a.open(ctx, cfg.Manifest)
+	if err != nil {
 		return nil, err
 	}
-	if a.hash, err = a.manifest.Hash(); err != nil {
-		return nil, err
-	}
-	if a.enforcer, err = policy.NewEnforcer(a.manifest, a.id.String(), pseudonyms); err != nil {
-		return nil, err
-	}
+	a.use(r)
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -304,8 +313,8 @@ func SetAside(dir string) (string, error) {
 func (a *Agent) ID() identity.ID { return a.id }
 
 // ManifestHash returns the hash of the manifest the agent runs, which
-// every batch it sends names.
-func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
+// the batches of the readings it records from now on name.
+func (a *Agent) ManifestHash() protocol.Hash { return a.run.Load().hash }
 
 // Record records a reading of stream, and returns once it is durable in
 // the outbox, without touching the network. First the manifest shapes it
@@ -330,7 +339,8 @@ func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
 // If ctx ends first, Record returns its error, and the reading may or may
 // not be recorded.
 func (a *Agent) Record(ctx context.Context, stream string, reading policy.Reading) error {
-	out, err := a.enforcer.Apply(stream, reading)
+	r := a.run.Load()
+	out, err := r.enforcer.Apply(stream, reading)
 	if err != nil {
 		var v *policy.Violation
 		if errors.As(err, &v) {
@@ -347,13 +357,13 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s, _ := a.manifest.Stream(stream)
+	s, _ := r.manifest.Stream(stream)
 	now := a.now()
 	// Consent may not change between the decision and the queueing: a
 	// withdrawal deletes what is queued, and then nothing it ended may
 	// join the queue.
 	a.consentMu.RLock()
-	p, err := a.queue(stream, s, out, now)
+	p, err := a.queue(r.hash, s, out, now)
 	a.consentMu.RUnlock()
 	if err != nil {
 		return err
@@ -377,7 +387,8 @@ type queueing struct {
 
 // queue decides consent for a reading shaped as out and hands it to the
 // committer, once for each destination consent allows.
-func (a *Agent) queue(stream string, s *policy.Stream, out *policy.Output, now time.Time) (*queueing, error) {
+func (a *Agent) queue(manifest protocol.Hash, s *policy.Stream, out *policy.Output, now time.Time) (*queueing, error) {
+	stream := s.Name
 	dests, refusal := a.allowed(s, out, now)
 	if len(dests) == 0 {
 		return nil, refusal
@@ -397,7 +408,7 @@ func (a *Agent) queue(stream string, s *policy.Stream, out *policy.Output, now t
 	}
 	items := make([]*item, len(dests))
 	for i, d := range dests {
-		it := &item{key: queueKey{Manifest: a.hash, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}
+		it := &item{key: queueKey{Manifest: manifest, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}
 		it.queue = a.box.queue(it.key)
 		it.id = a.box.nextID.Add(1) - 1
 		it.val = a.box.seal.seal(nil, a.box.seal.ad(adReading, it.queue, it.id), plain)
@@ -500,10 +511,12 @@ func (a *Agent) decide(stream string, d policy.Destination, ns []need, cats []st
 }
 
 // Start starts delivery: a goroutine that forms batches of the queued
-// readings and posts them to Config.URL; one that observes /v1/consent
-// and adds the owner's records the cloud lists (AddConsents), when the
-// device has an owner; and one that logs Health every
-// Config.HealthInterval. Close stops them. Start needs Config.URL; it
+// readings and posts them to Config.URL, after the consent captured on
+// the device (GiveConsent); one that fetches the manifest now, every
+// Config.ManifestInterval, and when the cloud asks for it
+// (FetchManifest); one that observes /v1/consent and adds the owner's
+// records the cloud lists (AddConsents), when the device has an owner;
+// and one that logs Health every Config.HealthInterval. Close stops them. Start needs Config.URL; it
 // does not wait for the cloud, which the agent dials, and dials again,
 // by itself.
 func (a *Agent) Start() error {
@@ -521,9 +534,10 @@ func (a *Agent) Start() error {
 	a.started = true
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.wg.Add(2)
+	a.wg.Add(3)
 	go a.deliver(ctx)
 	go a.reportHealth(ctx)
+	go a.watchManifest(ctx)
 	if a.history != nil {
 		a.wg.Add(1)
 		go a.observeConsent(ctx)

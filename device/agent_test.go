@@ -221,6 +221,13 @@ func TestCloudRefuses(t *testing.T) {
 		if h := a.Health(); h.Drops[device.DropUnknownManifest] != 3 || h.Delivered != 0 {
 			t.Fatalf("health: %+v", h)
 		}
+		// The agent runs the cloud's manifest now.
+		waitFor(t, 10*time.Second, "the switch to the cloud's manifest", func() bool { return a.ManifestHash() == k.hash })
+		must(t, a.Record(ctx, "count", tick(103)))
+		drain(t, a, 20*time.Second)
+		if h := a.Health(); h.Delivered != 1 {
+			t.Fatalf("health: %+v", h)
+		}
 	})
 }
 

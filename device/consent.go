@@ -191,7 +191,7 @@ func (a *Agent) ended(r *consent.Record, now time.Time) func(queueKey) bool {
 			return gone
 		}
 		defer func() { memo[k] = gone }()
-		s, ok := a.manifest.Stream(k.Stream)
+		s, ok := a.manifestOf(k.Manifest).Stream(k.Stream)
 		if !ok {
 			return false
 		}

@@ -96,6 +96,9 @@ func (a *Agent) deliver(ctx context.Context) {
 		case out.drop != "":
 			a.log.Warn("device: batch refused by the cloud, dropped", "reason", string(out.drop), "key", key,
 				"readings", b.rec.readings, "err", out.err)
+			if out.drop == DropUnknownManifest && a.shapedByRunning(b) {
+				a.refetch() // the cloud has another manifest: run it
+			}
 			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, out.drop, a.now()), false)
 		default:
 			if ctx.Err() != nil {
@@ -393,4 +396,12 @@ func (a *Agent) stopSends(seqs []uint64) {
 	if a.stopSend != nil && slices.Contains(seqs, a.sending) {
 		a.stopSend(errWithdrawn)
 	}
+}
+
+// shapedByRunning reports whether the batch's readings were shaped by
+// the manifest the agent runs.
+func (a *Agent) shapedByRunning(b *sendable) bool {
+	st, _ := a.box.snapshot()
+	q, ok := st.queues[b.rec.queue]
+	return ok && q.key.Manifest == a.run.Load().hash
 }

@@ -134,8 +134,9 @@
 // refuses it for good: 4.00, 4.03, 4.13, 4.15, each dropped and counted
 // by reason ([DropBadRequest], [DropForbidden], [DropTooLarge],
 // [DropUnsupported]). A 4.00 saying the cloud does not hold the batch's
-// manifest ([DropUnknownManifest]) is dropped too: fetching the new
-// manifest is not done yet. Anything else (no connection, a timeout, 4.01,
+// manifest ([DropUnknownManifest]) is dropped too, since its readings
+// were shaped by that manifest, and the agent fetches the one the cloud
+// serves (see Manifest updates). Anything else (no connection, a timeout, 4.01,
 // 4.29, 5.xx) is retried with the same bytes, after a wait that doubles
 // from Config.RetryBase to Config.RetryMax with jitter, and at least the
 // Max-Age the cloud asked for. Delivery paces itself to Config.SendRate
@@ -144,6 +145,21 @@
 // drains steadily rather than in bursts the cloud refuses; readings
 // recorded meanwhile join the next batch. [Agent.Close] stops delivery and
 // closes the outbox; [Agent.Drain] waits until it is empty.
+//
+// # Manifest updates
+//
+// A started agent fetches the manifest of its model from the cloud
+// (/v1/manifest, docs/protocol.md 4.3) when it starts, every
+// Config.ManifestInterval, and when the cloud answers a batch with 4.00
+// unknown manifest; [Agent.FetchManifest] fetches it at once. A manifest
+// other than the one it runs must be signed by the maker
+// (policy.OpenSigned with Config.Makers, the keys from the firmware) and
+// be for the same product; then the agent switches to it at once:
+// Record shapes every later reading with it, and their batches name its
+// hash, while the readings already in the outbox keep the manifest that
+// shaped them, which the cloud still accepts. A manifest that does not
+// verify is refused ([ErrManifestRefused]) and logged at the error level,
+// and the agent keeps the one it runs.
 //
 // # Health
 //
@@ -173,8 +189,13 @@
 // # Caveats
 //
 // Streams that the manifest aggregates over time windows are refused with
-// policy.ErrAggregated for now, and the agent does not yet fetch a new
-// manifest, or sync state and commands.
+// policy.ErrAggregated for now, and the agent does not yet enroll, or
+// sync state and commands.
+//
+// A fetched manifest is not kept across a restart: the agent runs
+// Config.Manifest again until its first fetch. The transport does not
+// send ETags, so each fetch transfers the whole manifest, block-wise over
+// UDP and DTLS.
 //
 // Consent is decided at the reading's time as the manifest shaped it, as
 // the cloud decides it, and at the time it is recorded: a reading whose

@@ -68,6 +68,13 @@ const (
 	// The record still counts on the device, and is not posted again.
 	ErrConsentRefused = failure("device: the cloud refused the consent record")
 
+	// ErrManifestRefused means the manifest the cloud served was refused:
+	// its maker's signature does not verify against Config.Makers, or it is
+	// not for the device's product. The error wraps the cause
+	// (consent.ErrBadSignature, consent.ErrUnknownKey, policy.ErrNotMaker,
+	// policy.ErrInvalid, ...). The agent keeps the manifest it runs.
+	ErrManifestRefused = failure("device: manifest from the cloud refused")
+
 	// ErrClosed is returned by calls on a closed Agent.
 	ErrClosed = failure("device: agent closed")
 )

@@ -43,8 +43,8 @@ const (
 	DropBadRequest DropReason = "bad-request"
 	// DropUnknownManifest: the cloud does not hold the manifest that
 	// shaped the batch (4.00 protocol.DiagnosticUnknownManifest). The
-	// device should fetch the current manifest; until the agent does
-	// that itself, it drops such batches.
+	// readings cannot be shaped again; the agent fetches the manifest
+	// the cloud serves and records under it from then on.
 	DropUnknownManifest DropReason = "unknown-manifest"
 	// DropForbidden: the cloud refused a batch under the manifest or
 	// consent (4.03); the cloud counted it as an incident.

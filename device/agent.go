@@ -40,6 +40,9 @@ const (
 	// (docs/protocol.md 9), leaving room for the device's other
 	// requests.
 	DefaultSendRate = 40
+	// DefaultManifestInterval is how often a started agent fetches the
+	// manifest from the cloud.
+	DefaultManifestInterval = 6 * time.Hour
 )
 
 // Config configures an Agent. Dir, Manifest and Makers are required,
@@ -53,11 +56,14 @@ type Config struct {
 
 	// Manifest is the product's data manifest as its maker signed it
 	// (policy.Manifest.Sign): what may leave the device, in what form,
-	// for which purposes. Nothing it does not declare is recorded.
+	// for which purposes. Nothing it does not declare is recorded. The
+	// agent runs it until it fetches a newer one from the cloud
+	// (FetchManifest).
 	Manifest []byte
 	// Makers holds the maker's keys, with the controller role, that
-	// sign manifests (from the firmware); the agent runs Manifest only
-	// if one of them signed it.
+	// sign manifests (from the firmware); the agent runs Manifest, or a
+	// manifest from the cloud, only if one of them signed it. They are
+	// trusted to revoke consent too.
 	Makers consent.Keys
 
 	// Device is the device's ID; zero means the ID of Key's public key.

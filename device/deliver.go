@@ -45,6 +45,20 @@ type outcome struct {
 func (a *Agent) deliver(ctx context.Context) {
 	defer a.wg.Done()
 	failures := 0
+	// retry counts a failure, remembers it for Health, logs it and waits
+	// before the next attempt, at least atLeast.
+	retry := func(err error, atLeast time.Duration, msg string, args ...any) {
+		failures++
+		a.failed(err)
+		a.logFailure(ctx, failures, msg, append(args, "err", err)...)
+		a.sleep(ctx, max(a.backoff(failures), atLeast))
+	}
+	outboxFailed := func(err error) {
+		failures++
+		a.failed(err)
+		a.log.Error("device: the outbox failed", "err", err)
+		a.sleep(ctx, a.backoff(failures))
+	}
 	var ready time.Time // when the rate allows the next post
 	for ctx.Err() == nil {
 		if wait := time.Until(ready); wait > 0 {
@@ -53,13 +67,9 @@ func (a *Agent) deliver(ctx context.Context) {
 		// Consent captured on the device goes first: the readings may
 		// need it.
 		if err := a.postUnposted(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
+			if ctx.Err() == nil {
+				retry(err, 0, "device: posting consent failed, trying again")
 			}
-			failures++
-			a.failed(err)
-			a.logFailure(ctx, failures, "device: posting consent failed, trying again", "err", err)
-			a.sleep(ctx, a.backoff(failures))
 			continue
 		}
 		b, err := a.next(ctx)
@@ -67,10 +77,7 @@ func (a *Agent) deliver(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			failures++
-			a.failed(err)
-			a.log.Error("device: the outbox failed", "err", err)
-			a.sleep(ctx, a.backoff(failures))
+			outboxFailed(err)
 			continue
 		}
 		if b == nil {
@@ -101,20 +108,13 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, out.drop, a.now()), false)
 		default:
-			if ctx.Err() != nil {
-				return
+			if ctx.Err() == nil {
+				retry(out.err, out.retryAfter, "device: delivery failed, trying again", "key", key)
 			}
-			failures++
-			a.failed(out.err)
-			a.logFailure(ctx, failures, "device: delivery failed, trying again", "key", key, "err", out.err)
-			a.sleep(ctx, max(a.backoff(failures), out.retryAfter))
 			continue
 		}
 		if err != nil {
-			failures++
-			a.failed(err)
-			a.log.Error("device: the outbox failed", "err", err)
-			a.sleep(ctx, a.backoff(failures))
+			outboxFailed(err)
 			continue
 		}
 		failures = 0

@@ -10,10 +10,6 @@ import (
 	"github.com/sensible-iot/sensible/protocol"
 )
 
-// DefaultManifestInterval is how often, by default, a started agent
-// fetches the manifest from the cloud.
-const DefaultManifestInterval = 6 * time.Hour
-
 // A running manifest is the one Record shapes readings with: the manifest
 // as its maker signed it, its hash, which the batches of its readings
 // name, and its enforcer. It is never changed: a new manifest is a new

@@ -3,7 +3,6 @@ package device
 import (
 	"context"
 	"crypto"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sensible-iot/sensible/consent"
@@ -40,6 +40,9 @@ const (
 	// (docs/protocol.md 9), leaving room for the device's other
 	// requests.
 	DefaultSendRate = 40
+	// DefaultManifestInterval is how often a started agent fetches the
+	// manifest from the cloud.
+	DefaultManifestInterval = 6 * time.Hour
 )
 
 // Config configures an Agent. Dir, Manifest and Makers are required,
@@ -53,11 +56,14 @@ type Config struct {
 
 	// Manifest is the product's data manifest as its maker signed it
 	// (policy.Manifest.Sign): what may leave the device, in what form,
-	// for which purposes. Nothing it does not declare is recorded.
+	// for which purposes. Nothing it does not declare is recorded. The
+	// agent runs it until it fetches a newer one from the cloud
+	// (FetchManifest).
 	Manifest []byte
 	// Makers holds the maker's keys, with the controller role, that
-	// sign manifests (from the firmware); the agent runs Manifest only
-	// if one of them signed it.
+	// sign manifests (from the firmware); the agent runs Manifest, or a
+	// manifest from the cloud, only if one of them signed it. They are
+	// trusted to revoke consent too.
 	Makers consent.Keys
 
 	// Device is the device's ID; zero means the ID of Key's public key.
@@ -80,9 +86,11 @@ type Config struct {
 	// consent records name them; empty while the device has no owner,
 	// when only streams whose legal basis is contract may be recorded.
 	Owner string
-	// ConsentKeys are the keys trusted to sign the owner's consent
-	// records (AddConsent): the owner's app keys, the device's own key,
-	// the maker's controller keys. Nil means no record can be added.
+	// ConsentKeys are keys trusted to sign the owner's consent records,
+	// besides the device's own key (Key, under the device ID as key ID)
+	// and the maker's keys (Makers), which are trusted anyway: the owner's
+	// app keys, say, for AddConsent. May be nil: the cloud's consent list
+	// carries the app keys that signed its records (AddConsents).
 	ConsentKeys consent.Keys
 
 	// URL is the cloud, a coap://, coaps://, coap+tcp:// or coaps+tcp://
@@ -124,6 +132,12 @@ type Config struct {
 	// the next batch. Zero means DefaultSendRate, negative no limit.
 	SendRate float64
 
+	// ManifestInterval is how often a started agent fetches the manifest
+	// from the cloud (FetchManifest), besides when it starts and when the
+	// cloud says it does not hold the manifest a batch names; zero means
+	// DefaultManifestInterval, negative only then.
+	ManifestInterval time.Duration
+
 	// HealthInterval is how often a started agent logs its Health; zero
 	// means DefaultHealthInterval, negative never.
 	HealthInterval time.Duration
@@ -145,18 +159,22 @@ type Config struct {
 // cuts and outages, and the cloud gets it exactly once. It is safe for
 // concurrent use.
 type Agent struct {
-	cfg      Config
-	id       identity.ID
-	log      *slog.Logger
-	now      func() time.Time
-	manifest *policy.Manifest
-	hash     protocol.Hash
-	enforcer *policy.Enforcer
-	history  *consent.History
-	box      *outbox
+	cfg        Config
+	id         identity.ID
+	log        *slog.Logger
+	now        func() time.Time
+	run        atomic.Pointer[running] // the manifest Record runs
+	pseudonyms []byte                  // the key of the manifest's pseudonyms
+	manifestMu sync.Mutex
+	manifests  map[protocol.Hash]*policy.Manifest // those that shaped readings, by hash
+	fetchMu    sync.Mutex                         // held to switch manifests
+	fetch      chan struct{}                      // asks for the manifest to be fetched
+	history    *consent.History                   // nil without an owner
+	trusted    keyChain                           // the keys trusted to sign consent, by the device itself
+	box        *outbox
 
-	consentMu   sync.Mutex
-	consentIDs  map[consent.ID]bool // records the outbox keeps
+	consentMu   sync.RWMutex                // held to change consent; read from a decision until its readings are queued
+	kept        map[consent.ID]*keptConsent // the records the outbox keeps
 	consentNext uint64
 
 	mu        sync.Mutex
@@ -167,10 +185,17 @@ type Agent struct {
 	lastErr   string
 	localOnly uint64
 	noConsent uint64
+	// when the last consent list came from the cloud
+	consentList time.Time
 
-	wg     sync.WaitGroup
-	wake   chan struct{}
-	client *transport.Client // the delivery goroutine's
+	sendMu   sync.Mutex
+	sending  uint64                  // the batch on its way, 0 if none
+	stopSend context.CancelCauseFunc // cancels its sending
+
+	wg      sync.WaitGroup
+	wake    chan struct{}
+	dialing chan struct{}     // held while dialing the cloud
+	client  *transport.Client // shared by delivery and the observations, once dialed
 }
 
 // New opens the agent's outbox in cfg.Dir, creating it with a new epoch
@@ -190,7 +215,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Makers == nil || len(cfg.Manifest) == 0 {
 		return nil, errors.New("device: Config.Manifest and Config.Makers are required")
 	}
-	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}), wake: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, id: cfg.Device, log: cfg.Logger, now: cfg.Now, closing: make(chan struct{}),
+		wake: make(chan struct{}, 1), dialing: make(chan struct{}, 1), fetch: make(chan struct{}, 1),
+		manifests: map[protocol.Hash]*policy.Manifest{}}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -204,6 +231,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.cfg.RetryMax = max(cmp(cfg.RetryMax, DefaultRetryMax), a.cfg.RetryBase)
 	a.cfg.HealthInterval = cmp(cfg.HealthInterval, DefaultHealthInterval)
 	a.cfg.SendRate = cmp(cfg.SendRate, DefaultSendRate)
+	a.cfg.ManifestInterval = cmp(cfg.ManifestInterval, DefaultManifestInterval)
 	if a.id.IsZero() {
 		if cfg.Key == nil {
 			return nil, errors.New("device: Config.Device or Config.Key is required")
@@ -228,15 +256,15 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.manifest, err = policy.OpenSigned(ctx, cfg.Manifest, cfg.Makers); err != nil {
+	if a.trusted, err = trustedKeys(&a.cfg, a.id.String()); err != nil {
 		return nil, err
 	}
-	if a.hash, err = a.manifest.Hash(); err != nil {
+	a.pseudonyms = pseudonyms
+	r, err := a.open(ctx, cfg.Manifest)
+	if err != nil {
 		return nil, err
 	}
-	if a.enforcer, err = policy.NewEnforcer(a.manifest, a.id.String(), pseudonyms); err != nil {
-		return nil, err
-	}
+	a.use(r)
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -291,8 +319,8 @@ func SetAside(dir string) (string, error) {
 func (a *Agent) ID() identity.ID { return a.id }
 
 // ManifestHash returns the hash of the manifest the agent runs, which
-// every batch it sends names.
-func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
+// the batches of the readings it records from now on name.
+func (a *Agent) ManifestHash() protocol.Hash { return a.run.Load().hash }
 
 // Record records a reading of stream, and returns once it is durable in
 // the outbox, without touching the network. First the manifest shapes it
@@ -302,9 +330,10 @@ func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
 // queued (Health.LocalOnly). Then consent: for each destination of the
 // stream, the stream's consent purpose, and for a partner the partner's,
 // must be covered, for every data category of the reading, by a record
-// of the owner (AddConsent) at the time of the reading (its first
-// timestamp field as shaped, else now), as the cloud will decide; a
-// stream whose legal basis is contract needs none. The reading is queued
+// of the owner (AddConsent, AddConsents) at the time of the reading (its
+// first timestamp field as shaped, else now), as the cloud will decide,
+// and now, so that a withdrawal takes effect at once; a stream whose
+// legal basis is contract needs none. The reading is queued
 // once for each destination consent allows; destinations it refuses are
 // counted (DropNoConsent).
 //
@@ -316,7 +345,8 @@ func (a *Agent) ManifestHash() protocol.Hash { return a.hash }
 // If ctx ends first, Record returns its error, and the reading may or may
 // not be recorded.
 func (a *Agent) Record(ctx context.Context, stream string, reading policy.Reading) error {
-	out, err := a.enforcer.Apply(stream, reading)
+	r := a.run.Load()
+	out, err := r.enforcer.Apply(stream, reading)
 	if err != nil {
 		var v *policy.Violation
 		if errors.As(err, &v) {
@@ -330,11 +360,44 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 		a.mu.Unlock()
 		return nil
 	}
-	s, _ := a.manifest.Stream(stream)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s, _ := r.manifest.Stream(stream)
 	now := a.now()
+	// Consent may not change between the decision and the queueing: a
+	// withdrawal deletes what is queued, and then nothing it ended may
+	// join the queue.
+	a.consentMu.RLock()
+	p, err := a.queue(r.hash, s, out, now)
+	a.consentMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if err := a.box.await(ctx, p.op); err != nil {
+		return err
+	}
+	a.kick()
+	if !slices.ContainsFunc(p.items, func(it *item) bool { return !it.refused }) {
+		return fmt.Errorf("%w: stream %q (priority %d)", ErrOutboxFull, stream, a.cfg.Priorities[stream])
+	}
+	return nil
+}
+
+// A queueing is a reading on its way into the outbox: one item for each
+// destination, and the op that puts them there.
+type queueing struct {
+	items []*item
+	op    *op
+}
+
+// queue decides consent for a reading shaped as out and hands it to the
+// committer, once for each destination consent allows.
+func (a *Agent) queue(manifest protocol.Hash, s *policy.Stream, out *policy.Output, now time.Time) (*queueing, error) {
+	stream := s.Name
 	dests, refusal := a.allowed(s, out, now)
 	if len(dests) == 0 {
-		return refusal
+		return nil, refusal
 	}
 	if refusal != nil {
 		a.mu.Lock()
@@ -344,30 +407,24 @@ func (a *Agent) Record(ctx context.Context, stream string, reading policy.Readin
 	}
 	plain, err := appendEntry(nil, now, out.Fields)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(plain) > maxReadingSize {
-		return fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
-	}
-	if err := ctx.Err(); err != nil {
-		return err
+		return nil, fmt.Errorf("%w: stream %q: %d bytes", ErrReadingTooLarge, stream, len(plain))
 	}
 	items := make([]*item, len(dests))
 	for i, d := range dests {
-		it := &item{key: queueKey{Manifest: a.hash, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}
+		it := &item{key: queueKey{Manifest: manifest, Stream: stream, Partner: d.Partner}, priority: a.cfg.Priorities[stream], at: now}
 		it.queue = a.box.queue(it.key)
 		it.id = a.box.nextID.Add(1) - 1
 		it.val = a.box.seal.seal(nil, a.box.seal.ad(adReading, it.queue, it.id), plain)
 		items[i] = it
 	}
-	if err := a.box.submit(ctx, a.box.putReadings(items), true); err != nil {
-		return err
+	p, err := a.box.enqueue(a.box.putReadings(items), true)
+	if err != nil {
+		return nil, err
 	}
-	a.kick()
-	if !slices.ContainsFunc(items, func(it *item) bool { return !it.refused }) {
-		return fmt.Errorf("%w: stream %q (priority %d)", ErrOutboxFull, stream, a.cfg.Priorities[stream])
-	}
-	return nil
+	return &queueing{items: items, op: p}, nil
 }
 
 // maxReadingSize bounds an encoded reading: one that large still fits a
@@ -383,7 +440,10 @@ func (a *Agent) kick() {
 }
 
 // allowed returns the destinations of out that consent allows, and the
-// refusal of the last one refused, if any.
+// refusal of the last one refused, if any. Consent must cover the reading
+// at its time, as the cloud decides, and, once consent has ended, now as
+// well: a withdrawal takes effect at once, even for a reading whose time
+// (coarsened to the hour, say) is before it.
 func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]policy.Destination, *RefusedError) {
 	at, timed := now, false
 	var cats []string
@@ -399,18 +459,14 @@ func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]
 			cats = append(cats, f.Category)
 		}
 	}
-	q := consent.Query{Device: a.id, At: at}
+	times := []time.Time{at}
+	if now.After(at) {
+		times = append(times, now)
+	}
 	var dests []policy.Destination
 	var refusal *RefusedError
 	for _, d := range out.Destinations {
-		var needs [][2]string // purpose, recipient
-		if !s.Contract && s.Consent != "" {
-			needs = append(needs, [2]string{s.Consent, ""})
-		}
-		if d.To == "partner" && d.Consent != "" {
-			needs = append(needs, [2]string{d.Consent, d.Partner})
-		}
-		if r := a.decide(s.Name, d, needs, cats, q); r != nil {
+		if r := a.decide(s.Name, d, needs(s, d), cats, times); r != nil {
 			refusal = r
 			continue
 		}
@@ -419,99 +475,55 @@ func (a *Agent) allowed(s *policy.Stream, out *policy.Output, now time.Time) ([]
 	return dests, refusal
 }
 
-// decide asks the owner's consent history every need for every category,
-// returning the first refusal.
-func (a *Agent) decide(stream string, d policy.Destination, needs [][2]string, cats []string, q consent.Query) *RefusedError {
-	for _, n := range needs {
-		q.Purpose, q.Recipient = n[0], n[1]
-		if a.cfg.Owner == "" || a.history == nil {
+// A need is a purpose that consent must cover, and the recipient it must
+// name (empty: the controller itself).
+type need struct{ purpose, recipient string }
+
+// needs returns what consent must cover for a stream's readings to go to
+// d: the stream's consent purpose, unless its legal basis is contract,
+// and for a partner the partner's purpose with the partner as recipient.
+func needs(s *policy.Stream, d policy.Destination) []need {
+	var ns []need
+	if !s.Contract && s.Consent != "" {
+		ns = append(ns, need{s.Consent, ""})
+	}
+	if d.To == "partner" && d.Consent != "" {
+		ns = append(ns, need{d.Consent, d.Partner})
+	}
+	return ns
+}
+
+// decide asks the owner's consent history every need for every category
+// at every time, returning the first refusal.
+func (a *Agent) decide(stream string, d policy.Destination, ns []need, cats []string, times []time.Time) *RefusedError {
+	q := consent.Query{Device: a.id, At: times[0]}
+	for _, n := range ns {
+		q.Purpose, q.Recipient = n.purpose, n.recipient
+		if a.history == nil {
 			return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q,
 				Decision: consent.Decision{Reason: consent.ReasonNoConsent}}
 		}
 		for _, c := range cats {
 			q.Category = c
-			if dec := a.history.Decide(q); !dec.Allowed {
-				return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q, Decision: dec}
+			for _, t := range times {
+				q.At = t
+				if dec := a.history.Decide(q); !dec.Allowed {
+					return &RefusedError{Reason: ErrNoConsent, Stream: stream, Destination: d, Query: q, Decision: dec}
+				}
 			}
 		}
 	}
 	return nil
 }
 
-// AddConsent adds a consent record of the device's owner, signed as
-// consent.Sign makes it, to the records Record decides with, once it
-// verifies against Config.ConsentKeys (consent.Verify) and its signer
-// may record it (consent.History.Add: only the owner's app or device
-// grants and withdraws, only the controller revokes, a record that ends
-// another names one the agent holds). The outbox keeps it, so it counts
-// after a restart too; it returns once that is durable. A withdrawal
-// takes effect for readings recorded after it.
-//
-// Errors match consent's sentinels (consent.ErrBadSignature,
-// consent.ErrUnknownKey, consent.ErrUnknownRecord,
-// consent.ErrRecordConflict, ...), or are the outbox's.
-func (a *Agent) AddConsent(ctx context.Context, signed []byte) error {
-	if a.cfg.ConsentKeys == nil || a.cfg.Owner == "" {
-		return errors.New("device: AddConsent needs Config.ConsentKeys and Config.Owner")
-	}
-	v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
-	if err != nil {
-		return err
-	}
-	a.consentMu.Lock()
-	defer a.consentMu.Unlock()
-	if err := a.history.Add(v); err != nil {
-		return err
-	}
-	if a.consentIDs[v.Record.ID] {
-		return nil
-	}
-	n := a.consentNext
-	if err := a.box.submit(ctx, a.box.putConsent(n, signed), false); err != nil {
-		return err
-	}
-	a.consentNext++
-	a.consentIDs[v.Record.ID] = true
-	return nil
-}
-
-// loadConsent adds the consent records the outbox keeps to the history,
-// in the order they were added. A record that no longer verifies (its
-// key is no longer trusted) is logged and left out.
-func (a *Agent) loadConsent(ctx context.Context) {
-	a.consentIDs = map[consent.ID]bool{}
-	a.consentNext = 1
-	if a.cfg.Owner != "" {
-		a.history = consent.NewHistory(a.cfg.Owner)
-	}
-	for _, kv := range a.box.consent {
-		n := binary.BigEndian.Uint64(kv[0])
-		a.consentNext = max(a.consentNext, n+1)
-		signed, err := a.box.seal.open(nil, a.box.seal.ad(adConsent, 0, n), kv[1])
-		if err != nil {
-			a.log.Error("device: a stored consent record does not decrypt", "n", n)
-			continue
-		}
-		if a.history == nil || a.cfg.ConsentKeys == nil {
-			continue
-		}
-		v, err := consent.Verify(ctx, a.cfg.ConsentKeys, signed)
-		if err == nil {
-			err = a.history.Add(v)
-		}
-		if err != nil {
-			a.log.Warn("device: a stored consent record no longer counts", "n", n, "err", err)
-			continue
-		}
-		a.consentIDs[v.Record.ID] = true
-	}
-	a.box.consent = nil
-}
-
 // Start starts delivery: a goroutine that forms batches of the queued
-// readings and posts them to Config.URL, and one that logs Health every
-// Config.HealthInterval. Close stops them. Start needs Config.URL; it
-// does not wait for the cloud, which delivery dials, and dials again,
+// readings and posts them to Config.URL, after the consent captured on
+// the device (GiveConsent); one that fetches the manifest now, every
+// Config.ManifestInterval, and when the cloud asks for it
+// (FetchManifest); one that observes /v1/consent and adds the owner's
+// records the cloud lists (AddConsents), when the device has an owner;
+// and one that logs Health every Config.HealthInterval. Close stops them. Start needs Config.URL; it
+// does not wait for the cloud, which the agent dials, and dials again,
 // by itself.
 func (a *Agent) Start() error {
 	if a.cfg.URL == "" {
@@ -528,9 +540,14 @@ func (a *Agent) Start() error {
 	a.started = true
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.wg.Add(2)
+	a.wg.Add(3)
 	go a.deliver(ctx)
 	go a.reportHealth(ctx)
+	go a.watchManifest(ctx)
+	if a.history != nil {
+		a.wg.Add(1)
+		go a.observeConsent(ctx)
+	}
 	return nil
 }
 
@@ -572,9 +589,50 @@ func (a *Agent) Close() error {
 	}
 	a.wg.Wait()
 	var errs []error
+	a.dialing <- struct{}{} // no dial is in progress, and none starts
 	if a.client != nil {
 		errs = append(errs, a.client.Close())
 	}
 	errs = append(errs, a.box.close())
 	return errors.Join(errs...)
+}
+
+// conn returns the client connected to the cloud, dialing it if there is
+// none yet: one client, and one DTLS session or TCP connection, serves
+// delivery and the observations, and reconnects by itself once dialed.
+func (a *Agent) conn(ctx context.Context) (*transport.Client, error) {
+	select {
+	case a.dialing <- struct{}{}:
+	case <-a.closing:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-a.dialing }()
+	select {
+	case <-a.closing:
+		return nil, ErrClosed
+	default:
+	}
+	if a.client != nil {
+		return a.client, nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := transport.Dial(dctx, a.cfg.URL, a.cfg.Transport)
+	if err != nil {
+		return nil, err
+	}
+	a.client = c
+	return c, nil
+}
+
+// logFailure logs the nth failure in a row of a task that tries again:
+// the first at the info level, the others at debug.
+func (a *Agent) logFailure(ctx context.Context, n int, msg string, args ...any) {
+	level := slog.LevelDebug
+	if n == 1 {
+		level = slog.LevelInfo
+	}
+	a.log.Log(ctx, level, msg, append([]any{"failures", n}, args...)...)
 }

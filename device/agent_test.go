@@ -133,14 +133,21 @@ func TestRefused(t *testing.T) {
 	})
 	t.Run("withdrawn", func(t *testing.T) {
 		must(t, a.AddConsent(ctx, k.sign(t, consent.Withdraw(give, time.Now().Add(-time.Hour), "subject:app"))))
-		// The reading's hour began before the withdrawal; one of the
-		// next hour is refused.
+		// What waited in the outbox under the consent is gone at once:
+		// both readings for the cloud, and the one for the partner,
+		// which needed analytics too.
+		if h := a.Health(); h.Queued != 0 || h.Drops[device.DropWithdrawn] != 3 {
+			t.Fatalf("health after the withdrawal: %+v", h)
+		}
+		// Nothing more is taken, not even a reading whose hour began
+		// before the withdrawal.
 		hour := time.Now().Add(-time.Hour - time.Second).Truncate(time.Hour)
-		must(t, a.Record(ctx, "power", policy.Reading{"ts": hour, "watts": 5.0}))
-		err := a.Record(ctx, "power", power)
-		var re *device.RefusedError
-		if !errors.As(err, &re) || re.Decision.Reason != consent.ReasonWithdrawn || re.Decision.Record.IsZero() {
-			t.Fatalf("power after withdrawal: %v", err)
+		for _, r := range []policy.Reading{{"ts": hour, "watts": 5.0}, power} {
+			err := a.Record(ctx, "power", r)
+			var re *device.RefusedError
+			if !errors.As(err, &re) || re.Decision.Reason != consent.ReasonWithdrawn || re.Decision.Record.IsZero() {
+				t.Fatalf("power after withdrawal: %v", err)
+			}
 		}
 	})
 	t.Run("bad records", func(t *testing.T) {
@@ -212,6 +219,13 @@ func TestCloudRefuses(t *testing.T) {
 		must(t, a.Start())
 		drain(t, a, 20*time.Second)
 		if h := a.Health(); h.Drops[device.DropUnknownManifest] != 3 || h.Delivered != 0 {
+			t.Fatalf("health: %+v", h)
+		}
+		// The agent runs the cloud's manifest now.
+		waitFor(t, 10*time.Second, "the switch to the cloud's manifest", func() bool { return a.ManifestHash() == k.hash })
+		must(t, a.Record(ctx, "count", tick(103)))
+		drain(t, a, 20*time.Second)
+		if h := a.Health(); h.Delivered != 1 {
 			t.Fatalf("health: %+v", h)
 		}
 	})

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -46,20 +45,39 @@ type outcome struct {
 func (a *Agent) deliver(ctx context.Context) {
 	defer a.wg.Done()
 	failures := 0
+	// retry counts a failure, remembers it for Health, logs it and waits
+	// before the next attempt, at least atLeast.
+	retry := func(err error, atLeast time.Duration, msg string, args ...any) {
+		failures++
+		a.failed(err)
+		a.logFailure(ctx, failures, msg, append(args, "err", err)...)
+		a.sleep(ctx, max(a.backoff(failures), atLeast))
+	}
+	outboxFailed := func(err error) {
+		failures++
+		a.failed(err)
+		a.log.Error("device: the outbox failed", "err", err)
+		a.sleep(ctx, a.backoff(failures))
+	}
 	var ready time.Time // when the rate allows the next post
 	for ctx.Err() == nil {
 		if wait := time.Until(ready); wait > 0 {
 			a.sleep(ctx, wait)
+		}
+		// Consent captured on the device goes first: the readings may
+		// need it.
+		if err := a.postUnposted(ctx); err != nil {
+			if ctx.Err() == nil {
+				retry(err, 0, "device: posting consent failed, trying again")
+			}
+			continue
 		}
 		b, err := a.next(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			failures++
-			a.failed(err)
-			a.log.Error("device: the outbox failed", "err", err)
-			a.sleep(ctx, a.backoff(failures))
+			outboxFailed(err)
 			continue
 		}
 		if b == nil {
@@ -69,8 +87,15 @@ func (a *Agent) deliver(ctx context.Context) {
 			}
 			continue
 		}
+		sctx, ok := a.beginSend(ctx, b.seq)
+		if !ok {
+			continue // withdrawn meanwhile
+		}
 		ready = time.Now().Add(a.pace(len(b.rec.body)))
-		out := a.send(ctx, b)
+		out := a.send(sctx, b)
+		if a.endSend(sctx) {
+			continue // withdrawn while it was on its way: it left the outbox
+		}
 		key := protocol.Key{Epoch: a.box.epoch, Seq: b.seq}
 		switch {
 		case out.acked:
@@ -78,26 +103,18 @@ func (a *Agent) deliver(ctx context.Context) {
 		case out.drop != "":
 			a.log.Warn("device: batch refused by the cloud, dropped", "reason", string(out.drop), "key", key,
 				"readings", b.rec.readings, "err", out.err)
+			if out.drop == DropUnknownManifest && a.shapedByRunning(b) {
+				a.refetch() // the cloud has another manifest: run it
+			}
 			err = a.box.submit(context.WithoutCancel(ctx), a.box.finish(b.seq, out.drop, a.now()), false)
 		default:
-			if ctx.Err() != nil {
-				return
+			if ctx.Err() == nil {
+				retry(out.err, out.retryAfter, "device: delivery failed, trying again", "key", key)
 			}
-			failures++
-			a.failed(out.err)
-			level := slog.LevelDebug
-			if failures == 1 {
-				level = slog.LevelInfo // the first of a run of failures
-			}
-			a.log.Log(ctx, level, "device: delivery failed, trying again", "key", key, "failures", failures, "err", out.err)
-			a.sleep(ctx, max(a.backoff(failures), out.retryAfter))
 			continue
 		}
 		if err != nil {
-			failures++
-			a.failed(err)
-			a.log.Error("device: the outbox failed", "err", err)
-			a.sleep(ctx, a.backoff(failures))
+			outboxFailed(err)
 			continue
 		}
 		failures = 0
@@ -309,17 +326,12 @@ func (a *Agent) formation(queue uint32, key queueKey, seq uint64) (*formation, e
 
 // send posts a batch to the cloud and says what came of it.
 func (a *Agent) send(ctx context.Context, b *sendable) outcome {
-	if a.client == nil {
-		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-		c, err := transport.Dial(dctx, a.cfg.URL, a.cfg.Transport)
-		cancel()
-		if err != nil {
-			return outcome{err: err}
-		}
-		a.client = c
+	c, err := a.conn(ctx)
+	if err != nil {
+		return outcome{err: err}
 	}
 	var ack protocol.Ack
-	err := a.client.DoRaw(ctx, transport.POST, protocol.TelemetryPath, protocol.FormatCBOR, b.rec.body, &ack)
+	err = c.DoRaw(ctx, transport.POST, protocol.TelemetryPath, protocol.FormatCBOR, b.rec.body, &ack)
 	if err == nil {
 		if want := (protocol.Key{Epoch: a.box.epoch, Seq: b.seq}); ack.Key != want {
 			return outcome{err: fmt.Errorf("device: the cloud acknowledged %v for the batch %v", ack.Key, want)}
@@ -344,4 +356,52 @@ func (a *Agent) send(ctx context.Context, b *sendable) outcome {
 		return outcome{drop: DropUnsupported, err: err}
 	}
 	return outcome{err: err, retryAfter: te.RetryAfter}
+}
+
+// errWithdrawn stops the sending of a batch whose readings a withdrawal
+// deleted.
+var errWithdrawn = errors.New("device: the batch's consent was withdrawn")
+
+// beginSend marks the batch seq as on its way, unless it has left the
+// outbox, and returns the context of its sending, which stopSends
+// cancels if a withdrawal deletes the batch meanwhile.
+func (a *Agent) beginSend(ctx context.Context, seq uint64) (context.Context, bool) {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	st, _ := a.box.snapshot()
+	if !slices.ContainsFunc(st.batches, func(b batchState) bool { return b.seq == seq }) {
+		return nil, false
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	a.sending, a.stopSend = seq, cancel
+	return sctx, true
+}
+
+// endSend ends the sending begun by beginSend, reporting whether a
+// withdrawal stopped it.
+func (a *Agent) endSend(sctx context.Context) bool {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	a.stopSend(nil)
+	a.sending, a.stopSend = 0, nil
+	return context.Cause(sctx) == errWithdrawn
+}
+
+// stopSends stops the sending of a batch among seqs, which a withdrawal
+// deleted: the request may have reached the cloud, but nothing is sent
+// for it after this returns.
+func (a *Agent) stopSends(seqs []uint64) {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	if a.stopSend != nil && slices.Contains(seqs, a.sending) {
+		a.stopSend(errWithdrawn)
+	}
+}
+
+// shapedByRunning reports whether the batch's readings were shaped by
+// the manifest the agent runs.
+func (a *Agent) shapedByRunning(b *sendable) bool {
+	st, _ := a.box.snapshot()
+	q, ok := st.queues[b.rec.queue]
+	return ok && q.key.Manifest == a.run.Load().hash
 }

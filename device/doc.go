@@ -26,7 +26,7 @@
 //     purpose, and for a partner the partner's purpose with the partner as
 //     recipient, must be covered for every data category of the reading,
 //     at the reading's time, by a record of the owner's the agent holds
-//     ([Agent.AddConsent]); a stream whose legal basis is contract needs
+//     (see Consent below); a stream whose legal basis is contract needs
 //     none. The agent decides exactly as the cloud will (the cloud refuses
 //     what consent does not cover, and counts it against the device), so
 //     a reading no destination may take is refused ([ErrNoConsent]), and
@@ -76,19 +76,67 @@
 // key and its exact bytes across restarts, and a retransmission sends the
 // same bytes.
 //
+// # Consent
+//
+// The agent decides with the owner's consent records (Config.Owner), each
+// a COSE_Sign1 message (package consent) that it verifies against the
+// keys it trusts and adds to a consent.History, which refuses what its
+// signer may not record: only the owner's app or device grants and
+// withdraws, only the controller revokes. The records reach it two ways:
+//
+//   - [Agent.AddConsent] takes one record, from wherever the product gets
+//     it (a companion app over Bluetooth, say), that verifies against the
+//     keys the device trusts by itself: its own key (key ID: its device
+//     ID, the device key of its owner), Config.ConsentKeys, and the
+//     maker's keys (Config.Makers).
+//   - A started agent observes /v1/consent (docs/protocol.md 4.7) and adds
+//     each list the cloud notifies ([Agent.AddConsents]): its records may
+//     also be signed by the app keys the list carries, but only app keys
+//     (role consent.SubjectKey) of the device's owner; the list's other
+//     keys are ignored. A record with a bad signature, an unknown key, or
+//     another subject's is refused and logged, never kept. A list too
+//     large for a notification is fetched with a GET.
+//   - [Agent.GiveConsent] records consent the owner gave on the device
+//     itself, naming this device alone: the agent signs it with the
+//     device's key (key ID: the device ID), keeps it, and posts it to
+//     /v1/consent (content-format 18), keeping the cloud's receipt
+//     ([Agent.Receipt]). Offline it waits in the outbox, and delivery
+//     posts it before the next telemetry batch, which may need it
+//     ([Health].ConsentUnposted).
+//
+// The outbox keeps every record added, with the role and subject of the
+// key that signed it, so that it counts after a restart, offline too, as
+// it was accepted: a record stands even once its key is no longer
+// trusted, as in the cloud.
+//
+// A withdrawal takes effect at once. When a record arrives that
+// withdraws or revokes consent (or refuses it, or records its expiry),
+// the same transaction that keeps it deletes every reading waiting in
+// the outbox, queued or in a batch not yet acknowledged, that needed a
+// purpose the record names (for a partner, with the partner among its
+// recipients) and that the owner's records no longer cover now, for
+// every data category of its stream; they are counted as dropped
+// ([DropWithdrawn]) and logged. A batch of them on its way to the cloud
+// is stopped: its request may have left already, but nothing of it is
+// sent after the record is kept, and nothing else is sent before. Record
+// then refuses such readings ([ErrNoConsent]), even those whose time, as
+// the manifest shaped it, is before the withdrawal.
+//
 // # Delivery
 //
 // [Agent.Start] starts a goroutine that dials Config.URL with the
 // device's credentials (a DTLS pre-shared key, a token signer or a
-// certificate, in Config.Transport) and posts the batches to
+// certificate, in Config.Transport), on one connection shared with the
+// observation of /v1/consent, and posts the batches to
 // /v1/telemetry one at a time, in sequence order, so that each stream's
 // readings reach the cloud in the order recorded. A batch leaves the
 // outbox only when the cloud acknowledges its key (2.04), or when the cloud
 // refuses it for good: 4.00, 4.03, 4.13, 4.15, each dropped and counted
 // by reason ([DropBadRequest], [DropForbidden], [DropTooLarge],
 // [DropUnsupported]). A 4.00 saying the cloud does not hold the batch's
-// manifest ([DropUnknownManifest]) is dropped too: fetching the new
-// manifest is not done yet. Anything else (no connection, a timeout, 4.01,
+// manifest ([DropUnknownManifest]) is dropped too, since its readings
+// were shaped by that manifest, and the agent fetches the one the cloud
+// serves (see Manifest updates). Anything else (no connection, a timeout, 4.01,
 // 4.29, 5.xx) is retried with the same bytes, after a wait that doubles
 // from Config.RetryBase to Config.RetryMax with jitter, and at least the
 // Max-Age the cloud asked for. Delivery paces itself to Config.SendRate
@@ -97,6 +145,21 @@
 // drains steadily rather than in bursts the cloud refuses; readings
 // recorded meanwhile join the next batch. [Agent.Close] stops delivery and
 // closes the outbox; [Agent.Drain] waits until it is empty.
+//
+// # Manifest updates
+//
+// A started agent fetches the manifest of its model from the cloud
+// (/v1/manifest, docs/protocol.md 4.3) when it starts, every
+// Config.ManifestInterval, and when the cloud answers a batch with 4.00
+// unknown manifest; [Agent.FetchManifest] fetches it at once. A manifest
+// other than the one it runs must be signed by the maker
+// (policy.OpenSigned with Config.Makers, the keys from the firmware) and
+// be for the same product; then the agent switches to it at once:
+// Record shapes every later reading with it, and their batches name its
+// hash, while the readings already in the outbox keep the manifest that
+// shaped them, which the cloud still accepts. A manifest that does not
+// verify is refused ([ErrManifestRefused]) and logged at the error level,
+// and the agent keeps the one it runs.
 //
 // # Health
 //
@@ -126,12 +189,18 @@
 // # Caveats
 //
 // Streams that the manifest aggregates over time windows are refused with
-// policy.ErrAggregated for now, and the agent does not yet observe
-// /v1/consent, fetch a new manifest, or sync state and commands.
+// policy.ErrAggregated for now, and the agent does not yet enroll, or
+// sync state and commands.
+//
+// A fetched manifest is not kept across a restart: the agent runs
+// Config.Manifest again until its first fetch. The transport does not
+// send ETags, so each fetch transfers the whole manifest, block-wise over
+// UDP and DTLS.
 //
 // Consent is decided at the reading's time as the manifest shaped it, as
-// the cloud decides it: a reading whose timestamp is coarsened to the hour
-// is covered only by consent given before that hour began.
+// the cloud decides it, and at the time it is recorded: a reading whose
+// timestamp is coarsened to the hour is covered only by consent given
+// before that hour began and not ended since.
 //
 // The order of readings recorded by concurrent calls is the order their
 // writes reach the committer; readings recorded one after another by one

@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/sensible-iot/sensible/consent"
 	"github.com/sensible-iot/sensible/consent/policy"
 	"github.com/sensible-iot/sensible/protocol"
 )
@@ -273,4 +274,62 @@ func decodeBatchRecord(b []byte) (*batchRecord, error) {
 	}
 	rec.readings = int(n)
 	return &rec, nil
+}
+
+// A keptConsent is a consent record as the outbox keeps it: the signed
+// record as it was accepted, with whose key signed it (the key itself may
+// not be trusted any more: a record stands as it was accepted), whether
+// it is still to be posted to the cloud (captured on the device), and the
+// cloud's receipt for it, once it has one.
+type keptConsent struct {
+	n       uint64 // its key in the consent bucket
+	role    consent.Role
+	subject string
+	post    bool   // captured on the device and not yet logged by the cloud
+	receipt []byte // the cloud's consent.Receipt, CBOR; nil without one
+	signed  []byte
+}
+
+// Flags of an encoded keptConsent.
+const consentPost = 1
+
+// appendKeptConsent appends the encoding of c. The first byte tells it
+// from a record kept before the encoding existed, which was the signed
+// record alone: a tagged COSE_Sign1 message begins with 0xd2.
+func appendKeptConsent(b []byte, c *keptConsent) []byte {
+	b = append(b, recordVersion)
+	var flags byte
+	if c.post {
+		flags |= consentPost
+	}
+	b = append(b, flags, byte(c.role))
+	b = appendString(b, c.subject)
+	b = binary.AppendUvarint(b, uint64(len(c.receipt)))
+	b = append(b, c.receipt...)
+	return append(b, c.signed...)
+}
+
+// decodeKeptConsent decodes what appendKeptConsent wrote; legacy reports
+// a record kept as the signed message alone, whose signer must be looked
+// up again.
+func decodeKeptConsent(b []byte) (c *keptConsent, legacy bool, err error) {
+	if len(b) > 0 && b[0] != recordVersion {
+		return &keptConsent{signed: b}, true, nil
+	}
+	r := reader{b: b}
+	r.version()
+	c = &keptConsent{}
+	flags := r.byte()
+	c.role = consent.Role(r.byte())
+	c.subject = r.string()
+	c.receipt = r.bytes(r.uvarint())
+	c.signed = r.b
+	if r.bad || flags&^consentPost != 0 || c.role < consent.SubjectKey || c.role > consent.ControllerKey || len(c.signed) == 0 {
+		return nil, false, errMalformedRecord
+	}
+	c.post = flags&consentPost != 0
+	if len(c.receipt) == 0 {
+		c.receipt = nil
+	}
+	return c, false, nil
 }

@@ -127,3 +127,20 @@ func FuzzDecodeQueueKey(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeKeptConsent(f *testing.F) {
+	f.Add(appendKeptConsent(nil, &keptConsent{role: 1, subject: "subj-5e1f09", signed: []byte{0xd2, 0x84}}))
+	f.Add(appendKeptConsent(nil, &keptConsent{role: 2, subject: "s", post: true, receipt: []byte{0xa3}, signed: []byte{0xd2}}))
+	f.Add([]byte{0xd2, 0x84, 0x43})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, legacy, err := decodeKeptConsent(b)
+		if err != nil || legacy {
+			return
+		}
+		again, _, err := decodeKeptConsent(appendKeptConsent(nil, c))
+		if err != nil || again.role != c.role || again.subject != c.subject || again.post != c.post ||
+			!bytes.Equal(again.receipt, c.receipt) || !bytes.Equal(again.signed, c.signed) {
+			t.Fatalf("%+v came back as %+v, %v", c, again, err)
+		}
+	})
+}

@@ -61,6 +61,20 @@ const (
 	// key (a key in a secure element cannot give one).
 	ErrNoSecret = failure("device: no secret for the outbox key")
 
+	// ErrConsentRefused means the cloud refused, for good, a consent
+	// record captured on the device (GiveConsent): 4.00 (not a record,
+	// or its ID reused), 4.03 (a signature, key or signer it does not
+	// accept), 4.13 or 4.15. The error wraps the *transport.Error too.
+	// The record still counts on the device, and is not posted again.
+	ErrConsentRefused = failure("device: the cloud refused the consent record")
+
+	// ErrManifestRefused means the manifest the cloud served was refused:
+	// its maker's signature does not verify against Config.Makers, or it is
+	// not for the device's product. The error wraps the cause
+	// (consent.ErrBadSignature, consent.ErrUnknownKey, policy.ErrNotMaker,
+	// policy.ErrInvalid, ...). The agent keeps the manifest it runs.
+	ErrManifestRefused = failure("device: manifest from the cloud refused")
+
 	// ErrClosed is returned by calls on a closed Agent.
 	ErrClosed = failure("device: agent closed")
 )

@@ -26,6 +26,11 @@ const (
 	// stream, but no consent covered the others (a partner, say). When
 	// no destination is covered Record returns ErrNoConsent instead.
 	DropNoConsent DropReason = "no-consent"
+	// DropWithdrawn: the owner withdrew the consent the readings needed,
+	// or the controller revoked it, while they waited in the outbox,
+	// queued or in a batch not yet acknowledged; they were deleted before
+	// anything else was sent.
+	DropWithdrawn DropReason = "withdrawn"
 	// DropUnreadable: a queued reading or batch did not decrypt or
 	// decode (a damaged page), or could not be encoded as a batch.
 	DropUnreadable DropReason = "unreadable"
@@ -38,8 +43,8 @@ const (
 	DropBadRequest DropReason = "bad-request"
 	// DropUnknownManifest: the cloud does not hold the manifest that
 	// shaped the batch (4.00 protocol.DiagnosticUnknownManifest). The
-	// device should fetch the current manifest; until the agent does
-	// that itself, it drops such batches.
+	// readings cannot be shaped again; the agent fetches the manifest
+	// the cloud serves and records under it from then on.
 	DropUnknownManifest DropReason = "unknown-manifest"
 	// DropForbidden: the cloud refused a batch under the manifest or
 	// consent (4.03); the cloud counted it as an incident.
@@ -89,6 +94,13 @@ type Health struct {
 	// disk, since the agent opened: fewer than the calls that wrote when
 	// concurrent calls share commits.
 	Commits uint64
+	// ConsentUnposted counts the consent records captured on the device
+	// (GiveConsent) that the cloud has not logged yet.
+	ConsentUnposted int
+	// ConsentList is when the agent last received the owner's consent
+	// list from the cloud (/v1/consent); zero if it has not since it
+	// opened.
+	ConsentList time.Time
 }
 
 // Health returns the state of the outbox and of delivery.
@@ -117,9 +129,11 @@ func (a *Agent) Health() Health {
 	if !h.Oldest.IsZero() {
 		h.OldestAge = max(0, a.now().Sub(h.Oldest))
 	}
+	h.ConsentUnposted = len(a.unposted())
 	a.mu.Lock()
 	h.LastError = a.lastErr
 	h.LocalOnly = a.localOnly
+	h.ConsentList = a.consentList
 	if a.noConsent > 0 {
 		h.Drops[DropNoConsent] += a.noConsent
 	}
@@ -141,6 +155,12 @@ func (h Health) LogValue() slog.Value {
 	}
 	if !h.LastDelivery.IsZero() {
 		attrs = append(attrs, slog.Time("last_delivery", h.LastDelivery))
+	}
+	if h.ConsentUnposted > 0 {
+		attrs = append(attrs, slog.Int("consent_unposted", h.ConsentUnposted))
+	}
+	if !h.ConsentList.IsZero() {
+		attrs = append(attrs, slog.Time("consent_list", h.ConsentList))
 	}
 	if h.LastError != "" {
 		attrs = append(attrs, slog.String("last_error", h.LastError))

@@ -68,6 +68,25 @@ func newKeys(t testing.TB) *keys {
 	return k
 }
 
+// version returns the tests' manifest as version v, changed by change
+// (nil: not otherwise), signed by the maker, and its hash.
+func (k *keys) version(t testing.TB, v string, change func(*policy.Manifest)) ([]byte, protocol.Hash) {
+	t.Helper()
+	data, err := os.ReadFile("testdata/meter.json")
+	must(t, err)
+	m, err := policy.Parse(data)
+	must(t, err)
+	m.Version = v
+	if change != nil {
+		change(m)
+	}
+	signed, err := m.Sign(k.maker, []byte("maker-1"))
+	must(t, err)
+	h, err := m.Hash()
+	must(t, err)
+	return signed, h
+}
+
 func (k *keys) makers() *consent.KeySet {
 	var s consent.KeySet
 	if err := s.Add(consent.TrustedKey{KID: []byte("maker-1"), Key: k.maker.Public(), Role: consent.ControllerKey}); err != nil {
@@ -100,6 +119,12 @@ type cloudNode struct {
 // them.
 func startCloud(t testing.TB, k *keys, dir, listen string) *cloudNode {
 	t.Helper()
+	return startCloudWith(t, k, dir, listen, k.signed)
+}
+
+// startCloudWith is startCloud with the signed manifest to register.
+func startCloudWith(t testing.TB, k *keys, dir, listen string, manifest []byte) *cloudNode {
+	t.Helper()
 	ctx := context.Background()
 	n, err := cloud.New(ctx, cloud.Config{
 		Dir:           dir,
@@ -114,7 +139,7 @@ func startCloud(t testing.TB, k *keys, dir, listen string) *cloudNode {
 	st := n.Store()
 	if _, err := st.Model(ctx, model); err != nil {
 		must(t, st.AddModel(ctx, store.Model{ID: model, Name: model}))
-		_, err := n.AddManifest(ctx, k.signed)
+		_, err := n.AddManifest(ctx, manifest)
 		must(t, err)
 		pub, err := x509.MarshalPKIXPublicKey(k.app.Public())
 		must(t, err)

@@ -502,11 +502,21 @@ func (o *outbox) run() {
 // caller is likely to submit another op as soon as this one returns, as
 // a producer of readings is.
 func (o *outbox) submit(ctx context.Context, apply func(*bbolt.Tx, *state) error, steady bool) error {
+	p, err := o.enqueue(apply, steady)
+	if err != nil {
+		return err
+	}
+	return o.await(ctx, p)
+}
+
+// enqueue hands an op to the committer, which applies ops in the order
+// they were handed to it.
+func (o *outbox) enqueue(apply func(*bbolt.Tx, *state) error, steady bool) (*op, error) {
 	p := &op{apply: apply, done: make(chan error, 1)}
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	o.pending = append(o.pending, p)
 	if steady {
@@ -517,6 +527,11 @@ func (o *outbox) submit(ctx context.Context, apply func(*bbolt.Tx, *state) error
 	case o.signal <- struct{}{}:
 	default:
 	}
+	return p, nil
+}
+
+// await waits until the op p is durable, or failed.
+func (o *outbox) await(ctx context.Context, p *op) error {
 	select {
 	case err := <-p.done:
 		return err
@@ -850,10 +865,53 @@ func (o *outbox) finish(seq uint64, reason DropReason, at time.Time) func(*bbolt
 	}
 }
 
-// putConsent returns the op that keeps a consent record.
-func (o *outbox) putConsent(n uint64, signed []byte) func(*bbolt.Tx, *state) error {
-	val := o.seal.seal(nil, o.seal.ad(adConsent, 0, n), signed)
+// putConsent returns the op that keeps a consent record, or replaces it
+// (with its receipt, say).
+func (o *outbox) putConsent(c *keptConsent) func(*bbolt.Tx, *state) error {
+	val := o.seal.seal(nil, o.seal.ad(adConsent, 0, c.n), appendKeptConsent(nil, c))
 	return func(tx *bbolt.Tx, st *state) error {
-		return tx.Bucket([]byte(bucketConsent)).Put(u64(n), val)
+		return tx.Bucket([]byte(bucketConsent)).Put(u64(c.n), val)
+	}
+}
+
+// purge returns the op that deletes the readings of every queue for
+// which gone reports true, queued or in formed batches, counting them as
+// dropped for reason. It leaves the sequence numbers of the batches it
+// deletes in *removed.
+func (o *outbox) purge(gone func(queueKey) bool, reason DropReason, removed *[]uint64) func(*bbolt.Tx, *state) error {
+	return func(tx *bbolt.Tx, st *state) error {
+		*removed = (*removed)[:0]
+		readings := tx.Bucket([]byte(bucketReadings))
+		for id, q := range st.queues {
+			if q.readings == 0 || !gone(q.key) {
+				continue
+			}
+			if err := readings.DeleteBucket(u32(id)); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+				return err
+			}
+			st.drop(reason, q.key.Stream, q.readings)
+			st.readings -= q.readings
+			st.bytes -= q.bytes
+			q.readings, q.bytes, q.head, q.headAt = 0, 0, 0, time.Time{}
+			st.queues[id] = q
+		}
+		batches := tx.Bucket([]byte(bucketBatches))
+		kept := st.batches[:0] // st is this commit's own copy
+		for _, b := range st.batches {
+			q, ok := st.queues[b.queue]
+			if !ok || !gone(q.key) {
+				kept = append(kept, b)
+				continue
+			}
+			if err := batches.Delete(u64(b.seq)); err != nil {
+				return err
+			}
+			st.drop(reason, q.key.Stream, b.readings)
+			st.readings -= b.readings
+			st.bytes -= b.bytes
+			*removed = append(*removed, b.seq)
+		}
+		st.batches = kept
+		return nil
 	}
 }

@@ -46,17 +46,27 @@ func (n *Node) EnqueueCommand(ctx context.Context, dev identity.ID, name string,
 	if ttl > 0 {
 		c.Expires = c.Created.Add(ttl)
 	}
+	if err := n.enqueue(ctx, c, args); err != nil {
+		return protocol.CommandID{}, err
+	}
+	return c.ID, nil
+}
+
+// enqueue queues c with args, encoded as the device will decode them, and
+// tells the device's observers: EnqueueCommand and the operator API, which
+// may name the command's ID itself.
+func (n *Node) enqueue(ctx context.Context, c store.Command, args protocol.Settings) error {
 	if len(args) > 0 {
 		var err error
 		if c.Args, err = encodeSettings("command arguments", args); err != nil {
-			return protocol.CommandID{}, err
+			return err
 		}
 	}
 	if err := n.store.EnqueueCommand(ctx, c); err != nil {
-		return protocol.CommandID{}, fmt.Errorf("cloud: command %q for device %s: %w", name, dev, err)
+		return fmt.Errorf("cloud: command %q for device %s: %w", c.Name, c.Device, err)
 	}
-	n.changed(ctx, protocol.CommandsPath, dev)
-	return c.ID, nil
+	n.changed(ctx, protocol.CommandsPath, c.Device)
+	return nil
 }
 
 // serveCommands serves /v1/commands: GET (observable) answers the

@@ -544,6 +544,8 @@ func (a *httpAPI) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = &apiError{http.StatusConflict, "conflict", err.Error()}
 	case errors.Is(err, store.ErrTooLarge):
 		ae = &apiError{http.StatusRequestEntityTooLarge, "too_large", err.Error()}
+	case errors.Is(err, errSettings):
+		ae = &apiError{http.StatusBadRequest, "bad_request", err.Error()}
 	case errors.Is(err, store.ErrInvalid):
 		ae = &apiError{http.StatusBadRequest, "invalid", err.Error()}
 	case r.Context().Err() != nil:
@@ -759,11 +761,11 @@ func jsonList[T, J any](xs []T, conv func(T) J) []J {
 	return out
 }
 
-// settingsCBOR turns settings from a JSON object (decoded with UseNumber)
-// into the document devices read: protocol.Settings in deterministic
-// CBOR. A number with a fraction or an exponent is a float, any other an
+// settingsOf turns settings from a JSON object (decoded with UseNumber)
+// into protocol.Settings, which the node encodes as devices read them. A
+// number with a fraction or an exponent is a float, any other an
 // integer, which must fit in 64 bits; nothing may nest.
-func settingsCBOR(m map[string]any) ([]byte, error) {
+func settingsOf(m map[string]any) (protocol.Settings, error) {
 	s := make(protocol.Settings, len(m))
 	for k, v := range m {
 		switch x := v.(type) {
@@ -787,13 +789,7 @@ func settingsCBOR(m map[string]any) ([]byte, error) {
 			return nil, badRequest("setting %q: settings are booleans, numbers and strings, not %s", k, jsonKind(v))
 		}
 	}
-	// As the device will decode them: a document it could not read (too
-	// many settings, say) is refused here, not stored.
-	b, err := encodeSettings("settings", s)
-	if err != nil {
-		return nil, badRequest("%v", err)
-	}
-	return b, nil
+	return s, nil
 }
 
 func jsonKind(v any) string {
@@ -1101,18 +1097,17 @@ func (a *httpAPI) setDesired(w http.ResponseWriter, r *http.Request) error {
 	if req.Settings == nil {
 		return badRequest("settings are required (an object; {} for none)")
 	}
-	doc, err := settingsCBOR(req.Settings)
+	settings, err := settingsOf(req.Settings)
 	if err != nil {
 		return err
 	}
 	ctx := r.Context()
 	v, err := storeCall(a.n.metrics, "set_desired", func() (uint64, error) {
-		return a.n.store.SetDesired(ctx, id, doc, expected)
+		return a.n.SetDesired(ctx, id, settings, expected) // the device's observers hear of it
 	})
 	if err != nil {
 		return err
 	}
-	a.n.changed(ctx, protocol.StatePath, id) // the device's observers hear of it
 	w.Header().Set("ETag", etag(v))
 	writeJSON(w, http.StatusOK, struct {
 		Version uint64 `json:"version"`
@@ -1151,16 +1146,16 @@ func (a *httpAPI) enqueueCommand(w http.ResponseWriter, r *http.Request) error {
 	if req.TTLSeconds > 0 {
 		c.Expires = c.Created.Add(time.Duration(req.TTLSeconds) * time.Second)
 	}
+	var args protocol.Settings
 	if req.Args != nil {
-		if c.Args, err = settingsCBOR(req.Args); err != nil {
+		if args, err = settingsOf(req.Args); err != nil {
 			return err
 		}
 	}
 	ctx := r.Context()
-	if err := storeDo(a.n.metrics, "enqueue_command", func() error { return a.n.store.EnqueueCommand(ctx, c) }); err != nil {
+	if err := storeDo(a.n.metrics, "enqueue_command", func() error { return a.n.enqueue(ctx, c, args) }); err != nil {
 		return err
 	}
-	a.n.changed(ctx, protocol.CommandsPath, id) // the device's observers hear of it
 	got, err := storeCall(a.n.metrics, "command", func() (store.Command, error) { return a.n.store.Command(ctx, id, c.ID) })
 	if err != nil {
 		return err

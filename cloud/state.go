@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/sensible-iot/sensible/cloud/store"
@@ -136,10 +137,14 @@ func encodeSettings(what string, s protocol.Settings) ([]byte, error) {
 		err = codec.Unmarshal(b, &back)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cloud: %s: %w: %v", what, store.ErrInvalid, err)
+		return nil, fmt.Errorf("cloud: %s: %w: %w: %v", what, errSettings, store.ErrInvalid, err)
 	}
 	return b, nil
 }
+
+// errSettings marks settings a device could not decode; it matches
+// store.ErrInvalid too.
+var errSettings = errors.New("settings a device cannot decode")
 
 // decodeDesired returns a stored desired state as the device gets it.
 func decodeDesired(doc store.Document) (protocol.Desired, error) {

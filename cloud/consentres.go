@@ -73,7 +73,7 @@ func consentAnswer(err error) error {
 		errors.Is(err, consent.ErrRecordConflict), errors.Is(err, store.ErrConflict):
 		return transport.Errorf(transport.BadRequest, "%v", err)
 	case errors.Is(err, consent.ErrBadSignature), errors.Is(err, consent.ErrUnknownKey), errors.Is(err, consent.ErrAlgorithm),
-		errors.Is(err, consent.ErrNotAllowed), errors.Is(err, consent.ErrUnknownRecord):
+		errors.Is(err, consent.ErrNotAllowed), errors.Is(err, consent.ErrUnknownRecord), errors.Is(err, ErrConsentLimit):
 		return transport.Errorf(transport.Forbidden, "%v", err)
 	}
 	return err

@@ -2,6 +2,7 @@ package cloud_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -168,5 +169,34 @@ func TestConsentAfterSignerGone(t *testing.T) {
 	fresh2 := f.another(cloud.Config{})
 	if _, err := post(t, fresh2.dial(other, "coaps"), fresh2.power(other, 2, 2)); err != nil {
 		t.Fatalf("a batch under a grant whose app key was removed since: %v", err)
+	}
+}
+
+// TestConsentLimit: past Config.MaxConsentRecords a subject's new records
+// are refused (ErrConsentLimit; 4.03 to a device), while one it holds
+// already is still taken again.
+func TestConsentLimit(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "sqlite", cloud.Config{MaxConsentRecords: 3})
+	d := f.importDevice(aircon)
+	var first []byte
+	for i := range 3 {
+		s := f.give(powerGrant(f.clock.now().Add(-time.Duration(i+1) * time.Hour)))
+		if first == nil {
+			first = s
+		}
+	}
+	over, err := consent.Sign(powerGrant(f.clock.now()), f.app, []byte("app-1"))
+	must(t, err)
+	if err := addConsent(f.node, ctx, over); !errors.Is(err, cloud.ErrConsentLimit) {
+		t.Fatalf("a fourth record: %v, want ErrConsentLimit", err)
+	}
+	must(t, addConsent(f.node, ctx, first))
+	mine := powerGrant(f.clock.now())
+	mine.Devices = []identity.ID{d.id}
+	signed, err := consent.Sign(mine, d.key, []byte(d.id.String()))
+	must(t, err)
+	if code, _ := f.rawPost(d, "coap+tcp", protocol.ConsentPath, protocol.FormatCOSESign1, nil, signed); code != transport.Forbidden {
+		t.Fatalf("a device's record past the limit: %v, want 4.03", code)
 	}
 }

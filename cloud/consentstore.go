@@ -18,6 +18,11 @@ import (
 // built.
 const historyCacheSize = 4096
 
+// ErrConsentLimit means a subject has Config.MaxConsentRecords records
+// already: a device or an app that keeps posting cannot grow the store,
+// and every decision's cost, without bound.
+var ErrConsentLimit = errors.New("cloud: too many consent records for one subject")
+
 // AddConsent accepts a consent record: it verifies the signed record
 // with the node's keys (Keys), adds it to its subject's history as
 // consent.History.Add does (only the subject's app or device grants and
@@ -38,6 +43,9 @@ func (n *Node) AddConsent(ctx context.Context, signed []byte) (*consent.Receipt,
 	recs, err := n.store.ConsentRecords(ctx, subject)
 	if err != nil {
 		return nil, err
+	}
+	if len(recs) >= n.cfg.MaxConsentRecords && !slices.ContainsFunc(recs, func(r store.ConsentRecord) bool { return r.ID == v.Record.ID }) {
+		return nil, fmt.Errorf("%w: %d records of subject %q", ErrConsentLimit, len(recs), subject)
 	}
 	h := newHistory(subject)
 	if err := h.sync(ctx, n.keys, recs); err != nil {

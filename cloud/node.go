@@ -30,6 +30,8 @@ const (
 	DefaultMaxIncidents = 10
 	// DefaultIncidentWindow is the window incidents are counted in.
 	DefaultIncidentWindow = 24 * time.Hour
+	// DefaultMaxConsentRecords is Config.MaxConsentRecords' default.
+	DefaultMaxConsentRecords = 10000
 	// DefaultMaxFutureSkew is how far ahead of the cloud's clock a
 	// reading may be (Config.MaxFutureSkew).
 	DefaultMaxFutureSkew = 5 * time.Minute
@@ -110,6 +112,10 @@ type Config struct {
 	// keeps could be stored twice. Zero means no limit: a device that was
 	// offline for long still delivers what it kept.
 	MaxReadingAge time.Duration
+	// MaxConsentRecords bounds the consent records one subject may have;
+	// past it AddConsent refuses new ones (ErrConsentLimit). Zero means
+	// DefaultMaxConsentRecords.
+	MaxConsentRecords int
 	// ConsentLogSigner signs the checkpoints of the consent log kept in
 	// the store (consent.NewNoteSigner makes one from an Ed25519 key,
 	// which may be in an HSM). Nodes sharing a store must share it. Nil
@@ -175,6 +181,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if n.cfg.IncidentWindow == 0 {
 		n.cfg.IncidentWindow = DefaultIncidentWindow
+	}
+	if n.cfg.MaxConsentRecords == 0 {
+		n.cfg.MaxConsentRecords = DefaultMaxConsentRecords
 	}
 	if n.cfg.MaxFutureSkew == 0 {
 		n.cfg.MaxFutureSkew = DefaultMaxFutureSkew

@@ -168,6 +168,7 @@ type Agent struct {
 	manifestMu sync.Mutex
 	manifests  map[protocol.Hash]*policy.Manifest // those that shaped readings, by hash
 	fetchMu    sync.Mutex                         // held to switch manifests
+	etag       atomic.Pointer[[]byte]             // the ETag of the last manifest fetched
 	fetch      chan struct{}                      // asks for the manifest to be fetched
 	history    *consent.History                   // nil without an owner
 	trusted    keyChain                           // the keys trusted to sign consent, by the device itself

@@ -193,9 +193,9 @@
 // sync state and commands.
 //
 // A fetched manifest is not kept across a restart: the agent runs
-// Config.Manifest again until its first fetch. The transport does not
-// send ETags, so each fetch transfers the whole manifest, block-wise over
-// UDP and DTLS.
+// Config.Manifest again until its first fetch, which transfers the whole
+// manifest (block-wise over UDP and DTLS); later fetches name its ETag and
+// the cloud answers 2.03 without it while it is current.
 //
 // Consent is decided at the reading's time as the manifest shaped it, as
 // the cloud decides it, and at the time it is recorded: a reading whose

@@ -84,9 +84,20 @@ func (a *Agent) FetchManifest(ctx context.Context) (protocol.Hash, error) {
 		return cur.hash, err
 	}
 	var resp protocol.ManifestResponse
-	if err := c.Get(ctx, protocol.ManifestPath, &resp); err != nil {
+	var etag []byte
+	if p := a.etag.Load(); p != nil {
+		etag = *p
+	}
+	// The cloud answers 2.03, without the manifest, while the one last
+	// fetched is its current one.
+	changed, etag, err := c.GetIfChanged(ctx, protocol.ManifestPath, etag, &resp)
+	if err != nil {
 		return cur.hash, err
 	}
+	if !changed {
+		return cur.hash, nil
+	}
+	a.etag.Store(&etag)
 	a.fetchMu.Lock()
 	defer a.fetchMu.Unlock()
 	cur = a.run.Load()

@@ -665,6 +665,36 @@ func (c *Client) DoRaw(ctx context.Context, m Method, path string, format Format
 	})
 }
 
+// GetIfChanged fetches path unless the copy the caller holds, named by
+// etag (the ETag its last answer carried; nil for none), is current: the
+// server then answers 2.03 Valid without a body (Response.ETag), and
+// GetIfChanged returns changed false and out untouched. Otherwise it
+// decodes the answer into out, as Get does, and returns its ETag.
+func (c *Client) GetIfChanged(ctx context.Context, path string, etag []byte, out any) (changed bool, newETag []byte, err error) {
+	var res result
+	err = c.withRetry(ctx, func(ctx context.Context, conn mux.Conn) error {
+		var err error
+		res, err = c.exchange(ctx, conn, GET, path, 0, nil, func(req *pool.Message) {
+			if n := len(etag); n > 0 && n <= 8 {
+				req.AddOptionBytes(message.ETag, etag)
+			}
+		})
+		return err
+	})
+	switch {
+	case err != nil:
+		return false, nil, err
+	case res.code == Valid:
+		return false, etag, nil
+	case !res.hasFormat || res.format != CBOR:
+		return false, nil, formatError(res)
+	}
+	if err := c.dec.Unmarshal(res.body, out); err != nil {
+		return false, nil, newDecodeError(err)
+	}
+	return true, res.etag, nil
+}
+
 // GetRaw fetches path and returns the response's format and body.
 func (c *Client) GetRaw(ctx context.Context, path string) (Format, []byte, error) {
 	var res result
@@ -693,6 +723,8 @@ type result struct {
 	body      []byte
 	seq       uint32 // its Observe option
 	observed  bool   // it has an Observe option
+	code      Code
+	etag      []byte // its ETag option, if any
 }
 
 // exchange sends one request on conn and returns the 2.xx response. setup,
@@ -756,9 +788,12 @@ func (c *Client) exchange(ctx context.Context, conn mux.Conn, m Method, path str
 	case !code.IsSuccess():
 		return result{}, responseError(code, resp, b)
 	}
-	res := result{body: b}
+	res := result{body: b, code: code}
 	if cf, err := resp.ContentFormat(); err == nil {
 		res.format, res.hasFormat = Format(cf), true
+	}
+	if e, err := resp.Options().GetBytes(message.ETag); err == nil {
+		res.etag = bytes.Clone(e)
 	}
 	if seq, err := resp.Observe(); err == nil {
 		res.seq, res.observed = seq, true

@@ -3,6 +3,8 @@ package transport
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,5 +48,43 @@ func TestResponseETag(t *testing.T) {
 	must(t, err)
 	if body, _ := resp.ReadBody(); resp.Code() != codes.Content || len(body) == 0 {
 		t.Fatalf("GET with an old ETag: %v with %d bytes, want 2.05 with the body", resp.Code(), len(body))
+	}
+}
+
+// TestGetIfChanged: the client names the ETag it holds, and is told 2.03
+// (changed false, out untouched) while it is current, the new value and
+// its ETag once it is not; over UDP, DTLS and TCP.
+func TestGetIfChanged(t *testing.T) {
+	for _, scheme := range []string{"coap", "coaps", "coap+tcp"} {
+		t.Run(scheme, func(t *testing.T) {
+			f := newFixture(t, scheme, ServerConfig{})
+			var version atomic.Uint32
+			version.Store(1)
+			must(t, f.srv.Handle(Resource{Path: "/v1/doc", Handler: func(ctx context.Context, r *Request) (any, error) {
+				v := byte(version.Load())
+				return &Response{Body: fmt.Sprintf("version %d", v), ETag: []byte{v}}, nil
+			}}))
+			c, err := Dial(ctx5(t), f.url, f.config(t, true))
+			must(t, err)
+			defer c.Close()
+			var doc string
+			changed, etag, err := c.GetIfChanged(ctx5(t), "/v1/doc", nil, &doc)
+			must(t, err)
+			if !changed || doc != "version 1" || !bytes.Equal(etag, []byte{1}) {
+				t.Fatalf("first GET: changed %v, %q, ETag %x", changed, doc, etag)
+			}
+			doc = ""
+			changed, etag, err = c.GetIfChanged(ctx5(t), "/v1/doc", etag, &doc)
+			must(t, err)
+			if changed || doc != "" || !bytes.Equal(etag, []byte{1}) {
+				t.Fatalf("GET with the current ETag: changed %v, %q, ETag %x", changed, doc, etag)
+			}
+			version.Store(2)
+			changed, etag, err = c.GetIfChanged(ctx5(t), "/v1/doc", etag, &doc)
+			must(t, err)
+			if !changed || doc != "version 2" || !bytes.Equal(etag, []byte{2}) {
+				t.Fatalf("GET after a change: changed %v, %q, ETag %x", changed, doc, etag)
+			}
+		})
 	}
 }

@@ -45,18 +45,13 @@ func (d *deviceAPI) postConsent(ctx context.Context, dev store.Device, signed []
 	if err != nil {
 		return nil, consentAnswer(err)
 	}
-	known, err := d.n.store.ConsentRecords(ctx, v.Record.Subject)
-	if err != nil {
-		return nil, err
-	}
-	before := slices.ContainsFunc(known, func(r store.ConsentRecord) bool { return r.ID == v.Record.ID })
-	receipt, err := d.n.AddConsent(ctx, signed)
+	receipt, created, err := d.n.addVerified(ctx, v)
 	if err != nil {
 		return nil, consentAnswer(err)
 	}
-	code := transport.Created
-	if before {
-		code = transport.Changed
+	code := transport.Changed
+	if created {
+		code = transport.Created
 	}
 	return &transport.Response{Code: code, Body: receipt}, nil
 }

@@ -39,39 +39,49 @@ func (n *Node) AddConsent(ctx context.Context, signed []byte) (*consent.Receipt,
 	if err != nil {
 		return nil, err
 	}
+	receipt, _, err := n.addVerified(ctx, v)
+	return receipt, err
+}
+
+// addVerified is AddConsent after the signature check; it also reports
+// whether the record is new (false for the same record again).
+func (n *Node) addVerified(ctx context.Context, v *consent.Verified) (*consent.Receipt, bool, error) {
 	subject := v.Record.Subject
 	recs, err := n.store.ConsentRecords(ctx, subject)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if len(recs) >= n.cfg.MaxConsentRecords && !slices.ContainsFunc(recs, func(r store.ConsentRecord) bool { return r.ID == v.Record.ID }) {
-		return nil, fmt.Errorf("%w: %d records of subject %q", ErrConsentLimit, len(recs), subject)
+	known := slices.ContainsFunc(recs, func(r store.ConsentRecord) bool { return r.ID == v.Record.ID })
+	if len(recs) >= n.cfg.MaxConsentRecords && !known {
+		return nil, false, fmt.Errorf("%w: %d records of subject %q", ErrConsentLimit, len(recs), subject)
 	}
 	h := newHistory(subject)
 	if err := h.sync(ctx, n.keys, recs); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := h.h.Add(v); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	err = n.store.AddConsentRecord(ctx, store.ConsentRecord{
 		ID:        v.Record.ID,
 		Subject:   subject,
-		Signed:    signed,
+		Signed:    v.Raw,
 		Time:      time.Unix(v.Record.Event.Time, 0),
 		Retention: retention(v.Record),
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	// Logged after it is stored: a retry after a failure here stores
 	// nothing again and gets the receipt of the entry, logged once.
-	receipt, err := n.consentLog.Append(ctx, signed)
+	receipt, err := n.consentLog.Append(ctx, v.Raw)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	n.consentChanged(ctx, subject)
-	return receipt, nil
+	if !known {
+		n.consentChanged(ctx, subject)
+	}
+	return receipt, !known, nil
 }
 
 // retention returns the shortest retention the processes of r give, or
@@ -115,7 +125,7 @@ func newHistory(subject string) *history {
 // as it was accepted (see accepted); one that does not decode, or that
 // the history refuses, fails the whole history: the records left could
 // allow what the missing one withdrew.
-func (h *history) sync(ctx context.Context, keys consent.Keys, recs []store.ConsentRecord) error {
+func (h *history) sync(ctx context.Context, keys *Keys, recs []store.ConsentRecord) error {
 	if len(recs) < len(h.ids) || !slices.EqualFunc(h.ids, recs[:len(h.ids)], func(id consent.ID, r store.ConsentRecord) bool { return id == r.ID }) {
 		h.h, h.ids = consent.NewHistory(h.subject), nil
 	}
@@ -141,16 +151,14 @@ func (h *history) sync(ctx context.Context, keys consent.Keys, recs []store.Cons
 // it was stored. The signer is known by its key ID: a controller's, a
 // device's (its ID) or else an app's, of the record's subject; its key is
 // left out (exports list no key for it).
-func accepted(ctx context.Context, keys consent.Keys, signed []byte) (*consent.Verified, error) {
+func accepted(ctx context.Context, keys *Keys, signed []byte) (*consent.Verified, error) {
 	r, kid, err := consent.DecodeAccepted(signed)
 	if err != nil {
 		return nil, err
 	}
 	signer := consent.TrustedKey{KID: kid, Role: consent.SubjectKey, Subject: r.Subject}
-	if k, ok := keys.(*Keys); ok {
-		if c, err := k.controllers.LookupKey(ctx, kid); err == nil {
-			signer = c
-		}
+	if c, err := keys.controllers.LookupKey(ctx, kid); err == nil {
+		signer = c
 	}
 	if id, err := identity.ParseID(string(kid)); err == nil && id.String() == string(kid) && signer.Role != consent.ControllerKey {
 		signer.Role = consent.DeviceKey
@@ -164,11 +172,11 @@ func accepted(ctx context.Context, keys consent.Keys, signed []byte) (*consent.V
 // records added since are verified again.
 type histories struct {
 	st      store.ConsentRecords
-	keys    consent.Keys
+	keys    *Keys
 	entries *bounded[string, *history]
 }
 
-func newHistories(st store.ConsentRecords, keys consent.Keys) *histories {
+func newHistories(st store.ConsentRecords, keys *Keys) *histories {
 	return &histories{st: st, keys: keys, entries: newBounded[string, *history](historyCacheSize)}
 }
 

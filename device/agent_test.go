@@ -64,10 +64,7 @@ func TestDelivered(t *testing.T) {
 // and nothing of it enters the outbox.
 func TestRefused(t *testing.T) {
 	k := newKeys(t)
-	m := &meter{}
-	var err error
-	m.key, err = generateKey()
-	must(t, err)
+	m := unregisteredMeter(t)
 	a := newAgent(t, k.config(t, m, t.TempDir(), ""))
 	ctx := context.Background()
 	power := policy.Reading{"ts": time.Now(), "watts": 1234.5, "serial": "SN-1", "raw": "0xdeadbeef"}
@@ -236,10 +233,7 @@ func TestCloudRefuses(t *testing.T) {
 // anything.
 func TestRecordOffline(t *testing.T) {
 	k := newKeys(t)
-	m := &meter{}
-	var err error
-	m.key, err = generateKey()
-	must(t, err)
+	m := unregisteredMeter(t)
 	// A port nobody listens on.
 	a := newAgent(t, k.config(t, m, t.TempDir(), "coaps://127.0.0.1:9"))
 	must(t, a.Start())
@@ -264,10 +258,7 @@ func TestRecordOffline(t *testing.T) {
 // returns only once its reading is durable.
 func TestConcurrentRecords(t *testing.T) {
 	k := newKeys(t)
-	m := &meter{}
-	var err error
-	m.key, err = generateKey()
-	must(t, err)
+	m := unregisteredMeter(t)
 	cfg := k.config(t, m, t.TempDir(), "")
 	a := newAgent(t, cfg)
 	const callers, each = 8, 100
@@ -307,12 +298,9 @@ func TestConcurrentRecords(t *testing.T) {
 // TestTooLarge: a reading that could never travel in a batch is refused.
 func TestTooLarge(t *testing.T) {
 	k := newKeys(t)
-	m := &meter{}
-	var err error
-	m.key, err = generateKey()
-	must(t, err)
+	m := unregisteredMeter(t)
 	a := newAgent(t, k.config(t, m, t.TempDir(), ""))
-	err = a.Record(context.Background(), "count", policy.Reading{"ts": time.Now(), "n": int64(1), "note": strings.Repeat("x", 70<<10)})
+	err := a.Record(context.Background(), "count", policy.Reading{"ts": time.Now(), "n": int64(1), "note": strings.Repeat("x", 70<<10)})
 	if !errors.Is(err, device.ErrReadingTooLarge) {
 		t.Fatalf("a 70 KiB reading: %v", err)
 	}

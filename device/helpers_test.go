@@ -332,3 +332,11 @@ func checkGoroutines(t testing.TB, before int) {
 
 // generateKey makes a device key.
 func generateKey() (crypto.Signer, error) { return identity.GenerateKey(identity.P256) }
+
+// unregisteredMeter is a meter with a key of its own that no cloud knows.
+func unregisteredMeter(t *testing.T) *meter {
+	t.Helper()
+	k, err := generateKey()
+	must(t, err)
+	return &meter{key: k}
+}

@@ -198,7 +198,8 @@ func run(ctx context.Context, w io.Writer, dir string, n int) error {
 		Processes: []consent.Process{{Purpose: "analytics", Categories: []string{"device.usage", "device.sensor.power"}, LegalBasis: "consent", Retention: 365 * 24 * 3600}},
 		Devices:   []identity.ID{id},
 	})
-	if err := give(ctx, node, agent, grant, appKey); err != nil {
+	history := consent.NewHistory(owner) // the owner's, as the app keeps it
+	if err := give(ctx, node, agent, history, grant, appKey); err != nil {
 		return err
 	}
 	say("owner:  gave consent %s for analytics; the cloud logged it", grant.ID)
@@ -230,36 +231,15 @@ func run(ctx context.Context, w io.Writer, dir string, n int) error {
 
 	// The owner changes their mind.
 	withdrawal := consent.Withdraw(grant, time.Now().Truncate(time.Second), "subject:app")
-	if err := give(ctx, node, agent, withdrawal, appKey); err != nil {
+	if err := give(ctx, node, agent, history, withdrawal, appKey); err != nil {
 		return err
 	}
 	err = agent.Record(ctx, "energy", policy.Reading{"ts": time.Now(), "watts": 990.0})
 	say("owner:  withdrew it; the device now refuses to record: %v", errors.Is(err, device.ErrNoConsent))
 
-	// The owner's history, as the cloud exports it: anyone with the
+	// The owner's history with the cloud's receipts: anyone with the
 	// consent log's public key can check all of it.
-	recs, err := st.ConsentRecords(ctx, owner)
-	if err != nil {
-		return err
-	}
-	h := consent.NewHistory(owner)
-	for _, r := range recs {
-		v, err := consent.Verify(ctx, node.Keys(), r.Signed)
-		if err != nil {
-			return err
-		}
-		if err := h.Add(v); err != nil {
-			return err
-		}
-		receipt, err := node.ConsentLog().Append(ctx, r.Signed) // the receipt of the entry logged
-		if err != nil {
-			return err
-		}
-		if err := h.SetReceipt(v.Record.ID, receipt, node.ConsentLogKey()); err != nil {
-			return err
-		}
-	}
-	export, err := h.Export(ctx, node.ConsentLog(), node.ConsentLogKey())
+	export, err := history.Export(ctx, node.ConsentLog(), node.ConsentLogKey())
 	if err != nil {
 		return err
 	}
@@ -268,14 +248,26 @@ func run(ctx context.Context, w io.Writer, dir string, n int) error {
 }
 
 // give signs r with the owner's app key and hands it to the cloud, which
-// verifies and logs it, and to the device.
-func give(ctx context.Context, node *cloud.Node, agent *device.Agent, r *consent.Record, app ed25519.PrivateKey) error {
+// verifies and logs it, to the device, and to the owner's history with the
+// cloud's receipt.
+func give(ctx context.Context, node *cloud.Node, agent *device.Agent, h *consent.History, r *consent.Record, app ed25519.PrivateKey) error {
 	signed, err := consent.Sign(r, app, []byte("app-1"))
 	if err != nil {
 		return err
 	}
-	if _, err := node.AddConsent(ctx, signed); err != nil {
+	receipt, err := node.AddConsent(ctx, signed)
+	if err != nil {
 		return err
 	}
-	return agent.AddConsent(ctx, signed)
+	if err := agent.AddConsent(ctx, signed); err != nil {
+		return err
+	}
+	v, err := consent.Verify(ctx, node.Keys(), signed)
+	if err != nil {
+		return err
+	}
+	if err := h.Add(v); err != nil {
+		return err
+	}
+	return h.SetReceipt(r.ID, receipt, node.ConsentLogKey())
 }
